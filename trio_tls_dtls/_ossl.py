@@ -1,0 +1,64 @@
+"""The few OpenSSL calls pyOpenSSL does not expose, in one place.
+
+pyOpenSSL has no public API for hostname verification, for asking whether a
+session was resumed, or for the certificate verification result. All three
+are one call into the OpenSSL bindings that ship with ``cryptography``
+(``OpenSSL._util.lib``), which pyOpenSSL itself is built on. Keeping them
+here means one module to check when either library moves; the test matrix
+exercises them on the oldest and newest supported versions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+
+__all__ = ["session_reused", "set_expected_host", "verify_error"]
+
+_lib_any: Any = _lib
+_ffi_any: Any = _ffi
+
+# "*.example.com" matches "a.example.com" but never "xa.example.com".
+_NO_PARTIAL_WILDCARDS = 0x4
+
+
+def _ssl_ptr(conn: SSL.Connection) -> Any:
+    return conn._ssl  # type: ignore[attr-defined]
+
+
+def set_expected_host(conn: SSL.Connection, host: str) -> None:
+    """Make OpenSSL check that the peer certificate is valid for *host*.
+
+    The check is set on this connection's own verify parameters (never on the
+    shared Context), and runs inside certificate verification, so a mismatch
+    fails the handshake with an alert rather than after it.
+    """
+    param = _lib_any.SSL_get0_param(_ssl_ptr(conn))
+    try:
+        packed = ipaddress.ip_address(host.strip("[]")).packed
+    except ValueError:
+        name = host.encode("idna")
+        _lib_any.X509_VERIFY_PARAM_set_hostflags(param, _NO_PARTIAL_WILDCARDS)
+        ok = _lib_any.X509_VERIFY_PARAM_set1_host(param, name, len(name))
+    else:
+        ok = _lib_any.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
+    if ok != 1:
+        raise ValueError(f"OpenSSL refused {host!r} as a host name to verify")
+
+
+def session_reused(conn: SSL.Connection) -> bool:
+    """True if the handshake resumed an earlier session."""
+    return bool(_lib_any.SSL_session_reused(_ssl_ptr(conn)))
+
+
+def verify_error(conn: SSL.Connection) -> str | None:
+    """OpenSSL's text for why the peer certificate failed to verify, or None."""
+    code = _lib_any.SSL_get_verify_result(_ssl_ptr(conn))
+    if code == 0:  # X509_V_OK
+        return None
+    text = _lib_any.X509_verify_cert_error_string(code)
+    return str(_ffi_any.string(text).decode("ascii", "replace"))

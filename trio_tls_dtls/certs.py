@@ -1,0 +1,234 @@
+"""A development PKI made with ``cryptography``: one CA, a server and a client.
+
+``trio-tlsd certs`` and ``trio-tlsd serve`` (on first run) write it to disk;
+the test suite makes a fresh one per run in memory. None of it is meant for
+production: the CA key sits next to the certificates it signs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "DEFAULT_SERVER_NAMES",
+    "DevPKI",
+    "Issued",
+    "KeyType",
+    "PrivateKey",
+    "generate_key",
+    "make_dev_pki",
+    "write_dev_pki",
+]
+
+KeyType = Literal["ec", "rsa"]
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+DEFAULT_SERVER_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+
+# Certificates are back-dated a little so that a peer whose clock runs
+# slightly behind still accepts them.
+_BACKDATE = datetime.timedelta(minutes=5)
+
+
+def generate_key(key_type: KeyType = "ec") -> PrivateKey:
+    """Make an ECDSA P-256 key (the default, fast) or an RSA-2048 key."""
+    if key_type == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    raise ValueError(f"unknown key type {key_type!r}: expected 'ec' or 'rsa'")
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate with its private key, and PEM encodings of both."""
+
+    cert: x509.Certificate
+    key: PrivateKey
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def encrypted_key_pem(self, passphrase: bytes) -> bytes:
+        """The private key as PEM encrypted with *passphrase*."""
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+
+
+@dataclass(frozen=True)
+class DevPKI:
+    """A development CA and the server and client certificates it signed."""
+
+    ca: Issued
+    server: Issued
+    client: Issued
+
+    def issue_server(
+        self,
+        names: Sequence[str] = DEFAULT_SERVER_NAMES,
+        *,
+        key_type: KeyType = "ec",
+        not_after: datetime.datetime | None = None,
+    ) -> Issued:
+        """Sign another server certificate with this CA (for SNI, reloads, tests)."""
+        return _issue(self.ca, names[0], names, server=True, key_type=key_type, not_after=not_after)
+
+    def issue_client(self, common_name: str, *, key_type: KeyType = "ec") -> Issued:
+        """Sign another client certificate with this CA."""
+        return _issue(self.ca, common_name, (), server=False, key_type=key_type)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "trio-tlsd development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def _make_ca(common_name: str, key_type: KeyType) -> Issued:
+    key = generate_key(key_type)
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(cert, key)
+
+
+def _issue(
+    ca: Issued,
+    common_name: str,
+    names: Sequence[str],
+    *,
+    server: bool,
+    key_type: KeyType,
+    not_after: datetime.datetime | None = None,
+) -> Issued:
+    key = generate_key(key_type)
+    now = datetime.datetime.now(datetime.UTC)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(not_after or now + datetime.timedelta(days=825))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+    )
+    if names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False
+        )
+    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+def make_dev_pki(
+    *,
+    key_type: KeyType = "ec",
+    server_names: Sequence[str] = DEFAULT_SERVER_NAMES,
+    ca_name: str = "trio-tlsd development CA",
+    client_name: str = "trio-tlsd client",
+) -> DevPKI:
+    """Make a CA, a server certificate for *server_names* and a client certificate."""
+    if not server_names:
+        raise ValueError("a server certificate needs at least one name")
+    ca = _make_ca(ca_name, key_type)
+    server = _issue(ca, server_names[0], server_names, server=True, key_type=key_type)
+    client = _issue(ca, client_name, (), server=False, key_type=key_type)
+    return DevPKI(ca=ca, server=server, client=client)
+
+
+def _write(path: Path, data: bytes, *, private: bool) -> None:
+    # Create private keys with mode 0600 from the start rather than chmod
+    # afterwards, so there is no moment at which they are world-readable.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    fd = os.open(path, flags, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    if private:
+        os.chmod(path, 0o600)
+
+
+def write_dev_pki(directory: str | os.PathLike[str], pki: DevPKI) -> dict[str, Path]:
+    """Write *pki* as ``ca.pem``, ``server.pem``, ``server.key``, ``client.pem``, ``client.key``.
+
+    Returns the paths written, keyed by those file names. The CA's own key is
+    not written: nothing in the service needs it, and not having it on disk
+    means a leaked ``certs/`` folder cannot be used to mint new certificates.
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "ca.pem": (pki.ca.cert_pem, False),
+        "server.pem": (pki.server.cert_pem, False),
+        "server.key": (pki.server.key_pem, True),
+        "client.pem": (pki.client.cert_pem, False),
+        "client.key": (pki.client.key_pem, True),
+    }
+    written: dict[str, Path] = {}
+    for name, (data, private) in files.items():
+        path = folder / name
+        _write(path, data, private=private)
+        written[name] = path
+    return written

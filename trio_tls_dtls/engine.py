@@ -1,0 +1,255 @@
+"""The sans-IO TLS engine: a pyOpenSSL Connection between two memory BIOs.
+
+Ciphertext from the network goes in with :meth:`TLSEngine.receive_bytes`;
+ciphertext for the network comes out of :meth:`TLSEngine.bytes_to_send`.
+Everything in between (the handshake, records, alerts, close_notify) is
+OpenSSL's state machine. This module never touches a socket, a thread or a
+clock, which is what lets the tests pump two engines against each other in
+memory and lets the drivers decide *where* each call runs.
+
+OpenSSL reports "I need more input" by raising ``WantReadError``. Here that
+is an ordinary state: :meth:`~TLSEngine.do_handshake` returns False and
+:meth:`~TLSEngine.receive` returns None. Real failures become
+:class:`~trio_tls_dtls.errors.HandshakeError` or
+:class:`~trio_tls_dtls.errors.TLSError` carrying OpenSSL's reason text.
+
+Thread safety: none. One engine is used by one thread at a time; the
+drivers guarantee it by awaiting every offloaded call before the next.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from OpenSSL import SSL
+
+from . import _ossl
+from .errors import HandshakeError, TLSError
+from .info import Address, PeerInfo
+
+__all__ = ["TLSEngine", "openssl_reason"]
+
+# One bio_read of this size drains the outgoing BIO in the common case; a
+# 16 KiB record is 16 KiB + 29 bytes of ciphertext, so this holds several.
+_BIO_READ_SIZE = 256 * 1024
+
+
+def openssl_reason(exc: BaseException) -> str:
+    """OpenSSL's reason text from a pyOpenSSL exception, e.g. 'certificate verify failed'."""
+    if isinstance(exc, SSL.SysCallError):
+        return "unexpected EOF" if exc.args and exc.args[0] == -1 else str(exc)
+    reasons: list[str] = []
+    for entry in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        if isinstance(entry, tuple) and entry and entry[-1]:
+            reasons.append(str(entry[-1]))
+    return "; ".join(dict.fromkeys(reasons)) or (str(exc) or type(exc).__name__)
+
+
+class TLSEngine:
+    """One TLS (or DTLS) connection's protocol state, with no I/O of its own.
+
+    Make one with :meth:`server` or :meth:`client` from a fully built
+    Context (see :mod:`trio_tls_dtls.context`).
+    """
+
+    __slots__ = ("_conn", "_handshake_done", "_peer_closed", "_sent_close", "server_side")
+
+    def __init__(self, conn: SSL.Connection, *, server_side: bool) -> None:
+        self._conn = conn
+        self.server_side = server_side
+        self._handshake_done = False
+        self._peer_closed = False
+        self._sent_close = False
+
+    @classmethod
+    def server(cls, context: SSL.Context) -> TLSEngine:
+        """A server-side engine that will wait for a ClientHello."""
+        conn = SSL.Connection(context, None)
+        conn.set_accept_state()
+        return cls(conn, server_side=True)
+
+    @classmethod
+    def client(
+        cls,
+        context: SSL.Context,
+        server_hostname: str | None = None,
+        *,
+        check_hostname: bool = True,
+        session: SSL.Session | None = None,
+    ) -> TLSEngine:
+        """A client-side engine.
+
+        *server_hostname* is sent as SNI (unless it is an IP address) and,
+        with *check_hostname*, must match the server's certificate. Pass
+        *session* from an earlier connection's :attr:`session` to resume it.
+        """
+        conn = SSL.Connection(context, None)
+        conn.set_connect_state()
+        if server_hostname:
+            if not _is_ip_address(server_hostname):
+                conn.set_tlsext_host_name(server_hostname.encode("idna"))
+            if check_hostname and context.get_verify_mode() != SSL.VERIFY_NONE:
+                _ossl.set_expected_host(conn, server_hostname)
+        if session is not None:
+            conn.set_session(session)
+        return cls(conn, server_side=False)
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def connection(self) -> SSL.Connection:
+        """The wrapped pyOpenSSL Connection (for the DTLS layer and advanced use)."""
+        return self._conn
+
+    @property
+    def handshake_done(self) -> bool:
+        return self._handshake_done
+
+    @property
+    def peer_closed(self) -> bool:
+        """True once the peer's close_notify has been read."""
+        return self._peer_closed
+
+    @property
+    def session(self) -> SSL.Session | None:
+        """The current session, to resume later with ``TLSEngine.client(session=...)``."""
+        return self._conn.get_session()
+
+    # -- ciphertext in and out ---------------------------------------------
+
+    def receive_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed ciphertext received from the peer."""
+        if data:
+            self._conn.bio_write(data)
+
+    def receive_eof(self) -> None:
+        """The transport ended. A later read without close_notify is a truncation."""
+        self._conn.bio_shutdown()
+
+    def bytes_to_send(self) -> bytes:
+        """All ciphertext waiting to go to the peer (b"" if none)."""
+        conn = self._conn
+        try:
+            data = conn.bio_read(_BIO_READ_SIZE)
+        except SSL.WantReadError:
+            return b""
+        if len(data) < _BIO_READ_SIZE:
+            return data
+        parts = [data]
+        while True:
+            try:
+                parts.append(conn.bio_read(_BIO_READ_SIZE))
+            except SSL.WantReadError:
+                return b"".join(parts)
+
+    # -- handshake -------------------------------------------------------------
+
+    def do_handshake(self) -> bool:
+        """Advance the handshake: True once it is complete, False if it needs input.
+
+        Raises HandshakeError with OpenSSL's reason if the handshake failed;
+        any alert explaining why is left in :meth:`bytes_to_send`.
+        """
+        if self._handshake_done:
+            return True
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as exc:
+            raise HandshakeError(self._describe_failure(exc), reason=self._reason(exc)) from exc
+        self._handshake_done = True
+        return True
+
+    def _reason(self, exc: SSL.Error) -> str:
+        if isinstance(exc, SSL.SysCallError):
+            return "peer closed the connection during the handshake"
+        reason = openssl_reason(exc)
+        detail = _ossl.verify_error(self._conn)
+        if detail and "certificate verify failed" in reason:
+            reason = f"{reason} ({detail})"
+        return reason
+
+    def _describe_failure(self, exc: SSL.Error) -> str:
+        return f"TLS handshake failed: {self._reason(exc)}"
+
+    # -- application data -------------------------------------------------
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt *data* into records; they come out of :meth:`bytes_to_send`."""
+        if self._sent_close:
+            raise TLSError("cannot send after close_notify")
+        try:
+            self._conn.sendall(data)
+        except SSL.Error as exc:
+            raise TLSError(f"TLS send failed: {openssl_reason(exc)}", reason=openssl_reason(exc)) from exc
+
+    def receive(self, max_bytes: int) -> bytes | None:
+        """Up to *max_bytes* of plaintext; None if more ciphertext is needed.
+
+        Returns b"" once the peer has sent close_notify. Raises TLSError if
+        the stream was truncated (EOF without close_notify) or corrupted.
+        """
+        if self._peer_closed:
+            return b""
+        try:
+            return self._conn.recv(max_bytes)
+        except SSL.WantReadError:
+            return None
+        except SSL.ZeroReturnError:
+            self._peer_closed = True
+            return b""
+        except SSL.SysCallError as exc:
+            raise TLSError(
+                "peer closed the connection without close_notify (truncated stream)",
+                reason="unexpected EOF",
+            ) from exc
+        except SSL.Error as exc:
+            reason = openssl_reason(exc)
+            raise TLSError(f"TLS receive failed: {reason}", reason=reason) from exc
+
+    def pending(self) -> int:
+        """Plaintext bytes already decrypted and waiting to be read."""
+        return self._conn.pending()
+
+    def close(self) -> None:
+        """Queue our close_notify (once). Nothing is sent before the handshake."""
+        if self._sent_close:
+            return
+        self._sent_close = True
+        if not self._handshake_done:
+            return
+        try:
+            self._conn.shutdown()
+        except SSL.Error:
+            # A broken or already shut-down connection: there is nothing
+            # useful to say to the peer.
+            pass
+
+    # -- what was negotiated ---------------------------------------------
+
+    def peer_info(self, address: Address | None, *, transport: str = "tls") -> PeerInfo:
+        """A snapshot of the negotiated session (call after the handshake)."""
+        conn = self._conn
+        alpn = conn.get_alpn_proto_negotiated()
+        name = conn.get_servername()
+        chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+        return PeerInfo(
+            address=address,
+            transport=transport,
+            protocol=conn.get_protocol_version_name(),
+            cipher=conn.get_cipher_name() or "",
+            resumed=_ossl.session_reused(conn),
+            alpn=alpn.decode("ascii", "replace") if alpn else None,
+            server_name=name.decode("ascii", "replace") if name else None,
+            certificate=conn.get_peer_certificate(as_cryptography=True),
+            chain=tuple(chain),
+        )
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
