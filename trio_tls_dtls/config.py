@@ -241,6 +241,11 @@ class ClientSettings:
     keylog_file: Path | None = None
     handshake_timeout: float = 10.0
     offload: OffloadSettings = field(default_factory=OffloadSettings)
+    # The pyOpenSSL contexts built from this object (see context.client_context).
+    # Per object, not per value: sessions resume only within one context.
+    _contexts: dict[str, object] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         _set(self, "ca_file", _optional_path(self.ca_file, "ca_file"))

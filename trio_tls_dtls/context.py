@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -208,21 +207,19 @@ def build_client_context(settings: ClientSettings, *, dtls: bool = False) -> SSL
     return ctx
 
 
-_client_contexts: weakref.WeakKeyDictionary[ClientSettings, dict[bool, SSL.Context]] = (
-    weakref.WeakKeyDictionary()
-)
 _client_contexts_lock = threading.Lock()
 
 
 def client_context(settings: ClientSettings, *, dtls: bool = False) -> SSL.Context:
-    """The shared client Context for *settings*, built on first use.
+    """The shared client Context for this *settings* object, built on first use.
 
     One settings object serves any number of connections: they all share
-    this read-only Context (equal settings share one too).
+    this read-only Context, and a session from one resumes on another.
     """
+    key = "dtls" if dtls else "tls"
     with _client_contexts_lock:
-        per_kind = _client_contexts.setdefault(settings, {})
-        ctx = per_kind.get(dtls)
+        ctx = settings._contexts.get(key)
         if ctx is None:
-            ctx = per_kind[dtls] = build_client_context(settings, dtls=dtls)
+            ctx = settings._contexts[key] = build_client_context(settings, dtls=dtls)
+        assert isinstance(ctx, SSL.Context)
         return ctx

@@ -14,6 +14,7 @@ __all__ = [
     "CookieError",
     "DatagramTooLargeError",
     "HandshakeError",
+    "ListenError",
     "RecordParseError",
     "TLSDError",
     "TLSError",
@@ -30,6 +31,17 @@ class ConfigError(TLSDError):
     The message names the setting or the path and says what is wrong, so the
     CLI can print it as one line.
     """
+
+
+class ListenError(TLSDError):
+    """A listener could not bind: the port is in use, or the address is not ours.
+
+    ``errno`` is the operating system's error number, when there was one.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class TLSError(TLSDError):

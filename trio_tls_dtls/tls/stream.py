@@ -106,7 +106,8 @@ class TLSStream(trio.abc.Stream):
         self._engine = engine
         self._offload = offload if offload is not None else CryptoOffload()
         self._receive_size = receive_size
-        self._on_activity = on_activity
+        self.on_activity = on_activity
+        """Called whenever ciphertext moves (the server's idle timer uses it)."""
         self._state = _State.OK
         self._send_broken = False
         self._handshake_done = False
@@ -166,8 +167,8 @@ class TLSStream(trio.abc.Stream):
             raise trio.BrokenResourceError("this TLSStream can no longer send")
 
     def _activity(self) -> None:
-        if self._on_activity is not None:
-            self._on_activity()
+        if self.on_activity is not None:
+            self.on_activity()
 
     # -- moving ciphertext -------------------------------------------------
 

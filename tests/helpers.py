@@ -1,0 +1,46 @@
+"""Helpers for tests that run real servers on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import trio
+
+from trio_tls_dtls.config import ServerSettings
+from trio_tls_dtls.offload import CryptoOffload
+from trio_tls_dtls.tls.server import TLSHandler, TLSServer, echo_handler, serve_tls
+
+
+@asynccontextmanager
+async def running_tls_server(
+    settings: ServerSettings,
+    handler: TLSHandler = echo_handler,
+    *,
+    host: str = "127.0.0.1",
+    offload: CryptoOffload | None = None,
+) -> AsyncIterator[TLSServer]:
+    """A TLS server on an ephemeral loopback port, stopped on exit."""
+    async with trio.open_nursery() as nursery:
+        server: TLSServer = await nursery.start(
+            partial(serve_tls, handler, 0, host=host, settings=settings, offload=offload)
+        )
+        try:
+            yield server
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def port_of(server: TLSServer) -> int:
+    return server.addresses[0][1]
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        if not chunk:
+            raise EOFError(f"stream ended after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)

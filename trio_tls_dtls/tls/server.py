@@ -1,0 +1,218 @@
+"""The TLS server: accept, limit, handshake with a deadline, run the handler, close.
+
+Each connection is its own task in one nursery. Whatever happens inside a
+connection (a bad handshake, a peer that resets, a handler that raises) is
+caught, counted and logged in that task, so it never reaches the nursery and
+never disturbs another connection. Only cancellation (shutdown) propagates.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import trio
+from OpenSSL import SSL
+
+from ..config import ServerSettings
+from ..context import build_server_context
+from ..engine import TLSEngine
+from ..errors import HandshakeError
+from ..info import Address, PeerInfo, format_address
+from ..listen import normalize_address, open_tcp_listeners
+from ..offload import CryptoOffload
+from ..timeouts import IdleDeadline
+from .stream import TLSStream
+
+__all__ = ["TLSHandler", "TLSServer", "TLSServerStats", "serve_tls"]
+
+logger = logging.getLogger(__name__)
+
+TLSHandler = Callable[[TLSStream, PeerInfo], Awaitable[object]]
+"""``async def handler(stream, peer)``: serve one connection after its handshake."""
+
+# How long a connection may take to say goodbye (our close_notify) after the
+# handler returns, before the socket is simply closed.
+CLOSE_TIMEOUT = 2.0
+
+# Accept errors that mean "out of resources right now": pause, don't die.
+_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_PAUSE = 0.1
+
+
+@dataclass
+class TLSServerStats:
+    """Counters for one TLS server (the metrics module exports these)."""
+
+    accepted: int = 0
+    active: int = 0
+    rejected_over_limit: int = 0
+    handshakes_ok: int = 0
+    handshakes_failed: Counter[str] = field(default_factory=Counter)
+    handler_errors: int = 0
+    idle_timeouts: int = 0
+    closed: int = 0
+
+
+class TLSServer:
+    """Serves TLS on listeners it is given; see :func:`serve_tls` for the usual entry.
+
+    *context* overrides the one built from *settings* (the service builds
+    contexts itself to share them across workers and to reload them).
+    """
+
+    def __init__(
+        self,
+        handler: TLSHandler,
+        settings: ServerSettings,
+        *,
+        context: SSL.Context | None = None,
+        offload: CryptoOffload | None = None,
+    ) -> None:
+        self.handler = handler
+        self.settings = settings
+        self.context = context if context is not None else build_server_context(settings)
+        self.offload = offload if offload is not None else CryptoOffload(settings.offload)
+        self.stats = TLSServerStats()
+        self.listeners: list[trio.SocketListener] = []
+
+    @property
+    def addresses(self) -> list[Address]:
+        """The (host, port) pairs actually bound (useful with port 0)."""
+        return [normalize_address(lst.socket.getsockname()) for lst in self.listeners]
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[TLSServer] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Accept on *listeners* until cancelled."""
+        self.listeners = listeners
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery)
+            task_status.started(self)
+            await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    transport = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                        raise
+                    logger.error("accept failed (%s); pausing %.1fs", exc.strerror, _ACCEPT_PAUSE)
+                    await trio.sleep(_ACCEPT_PAUSE)
+                    continue
+                self.stats.accepted += 1
+                if self.stats.active >= self.settings.max_connections:
+                    # Refuse at once: queueing would only delay the failure
+                    # and hold a file descriptor meanwhile.
+                    self.stats.rejected_over_limit += 1
+                    logger.debug("over max_connections: closing a new connection at once")
+                    await trio.aclose_forcefully(transport)
+                    continue
+                self.stats.active += 1
+                nursery.start_soon(self._connection_task, transport)
+
+    async def _connection_task(self, transport: trio.SocketStream) -> None:
+        try:
+            await self._serve_connection(transport)
+        finally:
+            self.stats.active -= 1
+            self.stats.closed += 1
+
+    async def _serve_connection(self, transport: trio.SocketStream) -> None:
+        try:
+            address = normalize_address(transport.socket.getpeername())
+        except OSError:  # the peer left before we looked
+            await trio.aclose_forcefully(transport)
+            return
+        stream = TLSStream(
+            transport, TLSEngine.server(self.context), offload=self.offload, peer_address=address
+        )
+        try:
+            info = await self._handshake(stream, address)
+            if info is not None:
+                await self._run_handler(stream, info)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            logger.info("connection from %s ended: %s", format_address(address), exc)
+        except Exception:
+            self.stats.handler_errors += 1
+            logger.exception("handler failed for %s", format_address(address))
+        finally:
+            # aclose closes the socket even when this deadline cancels it.
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await stream.aclose()
+
+    async def _handshake(self, stream: TLSStream, address: Address) -> PeerInfo | None:
+        started = trio.current_time()
+        try:
+            with trio.fail_after(self.settings.handshake_timeout):
+                await stream.do_handshake()
+        except trio.TooSlowError:
+            self.stats.handshakes_failed["timeout"] += 1
+            logger.info(
+                "TLS handshake from %s timed out after %gs",
+                format_address(address),
+                self.settings.handshake_timeout,
+            )
+            return None
+        except HandshakeError as exc:
+            self.stats.handshakes_failed[exc.reason] += 1
+            logger.info("TLS handshake from %s failed: %s", format_address(address), exc.reason)
+            return None
+        self.stats.handshakes_ok += 1
+        info = stream.info
+        elapsed_ms = (trio.current_time() - started) * 1000
+        logger.info("TLS handshake ok: %s time=%.1fms", info.describe(), elapsed_ms)
+        return info
+
+    async def _run_handler(self, stream: TLSStream, info: PeerInfo) -> None:
+        timeout = self.settings.idle_timeout
+        with trio.CancelScope(deadline=math.inf) as scope:
+            if timeout is not None:
+                idle = IdleDeadline(scope, timeout)
+                stream.on_activity = idle.touch
+            await self.handler(stream, info)
+        if scope.cancelled_caught:
+            self.stats.idle_timeouts += 1
+            logger.info(
+                "closing %s: idle for %gs", format_address(info.address), self.settings.idle_timeout
+            )
+
+
+async def echo_handler(stream: TLSStream, peer: PeerInfo) -> None:
+    """Send back every byte received until the peer closes."""
+    while data := await stream.receive_some():
+        await stream.send_all(data)
+
+
+async def serve_tls(
+    handler: TLSHandler,
+    port: int,
+    *,
+    host: str | None = None,
+    settings: ServerSettings,
+    offload: CryptoOffload | None = None,
+    task_status: trio.TaskStatus[TLSServer] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve TLS on *host*:*port*, running ``await handler(stream, peer)`` per connection.
+
+    ``host=None`` listens on every local address. ``nursery.start(serve_tls,
+    ...)`` returns the :class:`TLSServer` once it is listening (its
+    ``addresses`` tell the port when *port* is 0). Runs until cancelled.
+    Raises :class:`~trio_tls_dtls.errors.ListenError` if it cannot bind and
+    :class:`~trio_tls_dtls.errors.ConfigError` for bad settings or files.
+    """
+    server = TLSServer(handler, settings, offload=offload)
+    listeners = await open_tcp_listeners(port, host)
+    await server.serve(listeners, task_status=task_status)
