@@ -27,7 +27,7 @@ _NO_PARTIAL_WILDCARDS = 0x4
 
 
 def _ssl_ptr(conn: SSL.Connection) -> Any:
-    return conn._ssl  # type: ignore[attr-defined]
+    return conn._ssl
 
 
 def set_expected_host(conn: SSL.Connection, host: str) -> None:

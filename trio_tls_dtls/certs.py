@@ -22,10 +22,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "DEFAULT_SERVER_NAMES",
+    "DEV_PKI_FILES",
     "DevPKI",
     "Issued",
     "KeyType",
     "PrivateKey",
+    "ensure_dev_pki",
     "generate_key",
     "make_dev_pki",
     "write_dev_pki",
@@ -91,10 +93,19 @@ class DevPKI:
         names: Sequence[str] = DEFAULT_SERVER_NAMES,
         *,
         key_type: KeyType = "ec",
+        not_before: datetime.datetime | None = None,
         not_after: datetime.datetime | None = None,
     ) -> Issued:
         """Sign another server certificate with this CA (for SNI, reloads, tests)."""
-        return _issue(self.ca, names[0], names, server=True, key_type=key_type, not_after=not_after)
+        return _issue(
+            self.ca,
+            names[0],
+            names,
+            server=True,
+            key_type=key_type,
+            not_before=not_before,
+            not_after=not_after,
+        )
 
     def issue_client(self, common_name: str, *, key_type: KeyType = "ec") -> Issued:
         """Sign another client certificate with this CA."""
@@ -156,6 +167,7 @@ def _issue(
     *,
     server: bool,
     key_type: KeyType,
+    not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
 ) -> Issued:
     key = generate_key(key_type)
@@ -167,7 +179,7 @@ def _issue(
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
+        .not_valid_before(not_before or now - _BACKDATE)
         .not_valid_after(not_after or now + datetime.timedelta(days=825))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -232,3 +244,25 @@ def write_dev_pki(directory: str | os.PathLike[str], pki: DevPKI) -> dict[str, P
         _write(path, data, private=private)
         written[name] = path
     return written
+
+
+DEV_PKI_FILES = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+
+
+def ensure_dev_pki(directory: str | os.PathLike[str], *, key_type: KeyType = "ec") -> bool:
+    """Make the development PKI in *directory* unless its server files exist.
+
+    Returns True if it was created. Refuses (ValueError) to mix a new CA
+    into a folder that already holds some, but not all, of the files.
+    """
+    folder = Path(directory)
+    present = [name for name in DEV_PKI_FILES if (folder / name).exists()]
+    if len(present) == len(DEV_PKI_FILES):
+        return False
+    if present:
+        raise ValueError(
+            f"{folder} holds only some of the development PKI ({', '.join(present)}); "
+            f"run 'trio-tlsd certs --dir {folder} --force' to remake it"
+        )
+    write_dev_pki(folder, make_dev_pki(key_type=key_type))
+    return True

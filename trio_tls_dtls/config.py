@@ -97,8 +97,10 @@ def _count(value: int, name: str, *, minimum: int = 1) -> int:
 def _versions(minimum: str, maximum: str, owner: str) -> None:
     for name, value in (("min_version", minimum), ("max_version", maximum)):
         if value not in _VERSIONS:
-            raise ConfigError(f"{owner}.{name} must be one of {', '.join(_VERSIONS)}, not {value!r}")
-    if _VERSIONS.index(minimum) > _VERSIONS.index(maximum):  # type: ignore[arg-type]
+            raise ConfigError(
+                f"{owner}.{name} must be one of {', '.join(_VERSIONS)}, not {value!r}"
+            )
+    if _VERSIONS.index(minimum) > _VERSIONS.index(maximum):
         raise ConfigError(f"{owner}.min_version {minimum} is above max_version {maximum}")
 
 

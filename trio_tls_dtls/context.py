@@ -27,7 +27,13 @@ from .config import (
 from .errors import ConfigError
 from .pemfiles import LoadedCertificate, load_ca_file, load_certificate
 
-__all__ = ["DTLS1_2_VERSION", "KeyLog", "build_client_context", "build_server_context", "client_context"]
+__all__ = [
+    "DTLS1_2_VERSION",
+    "KeyLog",
+    "build_client_context",
+    "build_server_context",
+    "client_context",
+]
 
 logger = logging.getLogger(__name__)
 

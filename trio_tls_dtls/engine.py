@@ -19,6 +19,7 @@ drivers guarantee it by awaiting every offloaded call before the next.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 
 from OpenSSL import SSL
@@ -182,7 +183,9 @@ class TLSEngine:
         try:
             self._conn.sendall(data)
         except SSL.Error as exc:
-            raise TLSError(f"TLS send failed: {openssl_reason(exc)}", reason=openssl_reason(exc)) from exc
+            raise TLSError(
+                f"TLS send failed: {openssl_reason(exc)}", reason=openssl_reason(exc)
+            ) from exc
 
     def receive(self, max_bytes: int) -> bytes | None:
         """Up to *max_bytes* of plaintext; None if more ciphertext is needed.
@@ -208,6 +211,28 @@ class TLSEngine:
             reason = openssl_reason(exc)
             raise TLSError(f"TLS receive failed: {reason}", reason=reason) from exc
 
+    def receive_many(self, max_bytes: int) -> bytes | None:
+        """Like :meth:`receive`, but decrypts as many records as fit in *max_bytes*.
+
+        One call for a large buffered chunk: this is what runs in a worker
+        thread when a big read is offloaded.
+        """
+        first = self.receive(max_bytes)
+        if not first:
+            return first
+        parts = [first]
+        total = len(first)
+        while total < max_bytes:
+            try:
+                more = self.receive(max_bytes - total)
+            except TLSError:
+                break  # reported by the next call, after this data is delivered
+            if not more:
+                break
+            parts.append(more)
+            total += len(more)
+        return b"".join(parts) if len(parts) > 1 else first
+
     def pending(self) -> int:
         """Plaintext bytes already decrypted and waiting to be read."""
         return self._conn.pending()
@@ -219,12 +244,9 @@ class TLSEngine:
         self._sent_close = True
         if not self._handshake_done:
             return
-        try:
+        # A broken or already shut-down connection has nothing useful to say.
+        with contextlib.suppress(SSL.Error):
             self._conn.shutdown()
-        except SSL.Error:
-            # A broken or already shut-down connection: there is nothing
-            # useful to say to the peer.
-            pass
 
     # -- what was negotiated ---------------------------------------------
 

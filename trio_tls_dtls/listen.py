@@ -36,7 +36,9 @@ def listen_error(exc: OSError, host: str | None, port: int, proto: str) -> Liste
     """A ListenError that says what could not be bound and why."""
     where = f"{proto} {_describe(host, port)}"
     if exc.errno == errno.EADDRINUSE:
-        return ListenError(f"cannot listen on {where}: port {port} is already in use", errno=exc.errno)
+        return ListenError(
+            f"cannot listen on {where}: port {port} is already in use", errno=exc.errno
+        )
     if exc.errno == errno.EACCES:
         return ListenError(
             f"cannot listen on {where}: permission denied (ports below 1024 need root)",

@@ -77,8 +77,8 @@ class CryptoOffload:
         return self.limiter.borrowed_tokens
 
 
-_client_offloads: trio.lowlevel.RunVar[dict[OffloadSettings, CryptoOffload]] = (
-    trio.lowlevel.RunVar("trio_tls_dtls_client_offloads")
+_client_offloads: trio.lowlevel.RunVar[dict[OffloadSettings, CryptoOffload]] = trio.lowlevel.RunVar(
+    "trio_tls_dtls_client_offloads"
 )
 
 

@@ -52,7 +52,9 @@ def _parse_certificates(data: bytes, path: Path, what: str) -> list[x509.Certifi
 def _check_validity(cert: x509.Certificate, path: Path) -> None:
     now = datetime.datetime.now(datetime.UTC)
     if now > cert.not_valid_after_utc:
-        raise ConfigError(f"certificate {path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+        raise ConfigError(
+            f"certificate {path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        )
     if now < cert.not_valid_before_utc:
         raise ConfigError(
             f"certificate {path} is not valid until {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
@@ -111,7 +113,9 @@ def load_certificate(
     cert_file: Path, key_file: Path, password: bytes | None = None
 ) -> LoadedCertificate:
     """Load and check a chain and its key: readable, parseable, in date, matching."""
-    chain = _parse_certificates(read_file(cert_file, "certificate file"), cert_file, "certificate file")
+    chain = _parse_certificates(
+        read_file(cert_file, "certificate file"), cert_file, "certificate file"
+    )
     _check_validity(chain[0], cert_file)
     key = _load_key(key_file, password)
     if _public_der(key) != _public_der(chain[0]):

@@ -43,8 +43,14 @@ def read_all(engine: TLSEngine, size: int) -> bytes:
     return bytes(out)
 
 
-def make_pair(pki: PKIFiles, *, server_opts: dict | None = None, client_opts: dict | None = None,
-              hostname: str = "localhost", session=None) -> tuple[TLSEngine, TLSEngine]:
+def make_pair(
+    pki: PKIFiles,
+    *,
+    server_opts: dict | None = None,
+    client_opts: dict | None = None,
+    hostname: str = "localhost",
+    session=None,
+) -> tuple[TLSEngine, TLSEngine]:
     server_ctx = build_server_context(pki.server_settings(**(server_opts or {})))
     client_settings = pki.client_settings(**(client_opts or {}))
     client_ctx = build_client_context(client_settings)
@@ -173,7 +179,9 @@ def test_ip_address_checked_against_san(pki: PKIFiles) -> None:
 
 
 def test_hostname_check_can_be_disabled(pki: PKIFiles) -> None:
-    client, server = make_pair(pki, hostname="www.example.com", client_opts={"check_hostname": False})
+    client, server = make_pair(
+        pki, hostname="www.example.com", client_opts={"check_hostname": False}
+    )
     handshake(client, server)
 
 
@@ -215,7 +223,9 @@ def test_mutual_tls_rejects_certificate_from_another_ca(pki: PKIFiles, other_pki
 
 
 def test_optional_client_verification_accepts_anonymous(pki: PKIFiles) -> None:
-    server = TLSEngine.server(build_server_context(pki.mtls_server_settings(verify_client="optional")))
+    server = TLSEngine.server(
+        build_server_context(pki.mtls_server_settings(verify_client="optional"))
+    )
     client = TLSEngine.client(build_client_context(pki.client_settings()), "localhost")
     handshake(client, server)
     assert server.peer_info(None).certificate is None

@@ -21,7 +21,9 @@ from trio_tls_dtls import (
 )
 
 
-async def echo_once(port: int, settings: ClientSettings, payload: bytes = b"ping", **kw: object) -> TLSStream:
+async def echo_once(
+    port: int, settings: ClientSettings, payload: bytes = b"ping", **kw: object
+) -> TLSStream:
     stream = await open_tls_stream("127.0.0.1", port, settings=settings, **kw)  # type: ignore[arg-type]
     await stream.send_all(payload)
     assert await receive_exactly(stream, len(payload)) == payload
@@ -75,7 +77,9 @@ async def test_mutual_tls_rejects_client_without_certificate(pki: PKIFiles) -> N
         # TLS 1.3: the client's handshake completes before the server has
         # judged its (missing) certificate; the refusal arrives as an alert.
         with pytest.raises((HandshakeError, trio.BrokenResourceError)) as info:
-            stream = await open_tls_stream("127.0.0.1", port_of(server), settings=pki.client_settings())
+            stream = await open_tls_stream(
+                "127.0.0.1", port_of(server), settings=pki.client_settings()
+            )
             await stream.send_all(b"hello")
             await stream.receive_some()
         assert "certificate required" in str(info.value)
@@ -104,7 +108,9 @@ async def test_mutual_tls_rejects_certificate_from_another_ca(
 async def test_client_rejects_untrusted_server(pki: PKIFiles, other_pki: PKIFiles) -> None:
     async with running_tls_server(pki.server_settings()) as server:
         with pytest.raises(HandshakeError, match="unable to get local issuer certificate"):
-            await open_tls_stream("127.0.0.1", port_of(server), settings=other_pki.client_settings())
+            await open_tls_stream(
+                "127.0.0.1", port_of(server), settings=other_pki.client_settings()
+            )
 
 
 async def test_hostname_verified_by_default(pki: PKIFiles) -> None:
@@ -117,7 +123,10 @@ async def test_hostname_verified_by_default(pki: PKIFiles) -> None:
                 server_hostname="not-this-server.example",
             )
         stream = await open_tls_stream(
-            "127.0.0.1", port_of(server), settings=pki.client_settings(), server_hostname="localhost"
+            "127.0.0.1",
+            port_of(server),
+            settings=pki.client_settings(),
+            server_hostname="localhost",
         )
         await stream.aclose()
 
@@ -135,7 +144,9 @@ async def test_session_resumption(pki: PKIFiles) -> None:
 
 async def test_sni_selects_certificate(pki: PKIFiles) -> None:
     other = pki.write_issued("sni-other", pki.pki.issue_server(["other.test", "*.other.test"]))
-    sni = CertificateSettings(other.cert_file, other.key_file, server_names=("other.test", "*.other.test"))
+    sni = CertificateSettings(
+        other.cert_file, other.key_file, server_names=("other.test", "*.other.test")
+    )
     settings = pki.server_settings(sni_certificates=(sni,))
     async with running_tls_server(settings) as server:
         for name, expected in [
@@ -162,7 +173,8 @@ async def test_keylog_file(pki: PKIFiles, tmp_path: os.PathLike[str]) -> None:
     async with running_tls_server(pki.server_settings(keylog_file=keylog)) as server:
         stream = await echo_once(port_of(server), pki.client_settings())
         await stream.aclose()
-    lines = open(keylog).read().splitlines()
+    with open(keylog) as f:
+        lines = f.read().splitlines()
     labels = {line.split()[0] for line in lines}
     assert {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_TRAFFIC_SECRET_0"} <= labels
     assert all(len(line.split()) == 3 for line in lines)
@@ -196,10 +208,9 @@ async def test_64_clients_100_messages_each_size(pki: PKIFiles) -> None:
                 done += 1
         await stream.aclose()
 
-    async with running_tls_server(pki.server_settings()) as server:
-        async with trio.open_nursery() as nursery:
-            for i in range(64):
-                nursery.start_soon(client, i, port_of(server))
+    async with running_tls_server(pki.server_settings()) as server, trio.open_nursery() as nursery:
+        for i in range(64):
+            nursery.start_soon(client, i, port_of(server))
     assert done == 64 * 100 * len(sizes)
     assert server.stats.handshakes_ok == 64
 
@@ -265,7 +276,10 @@ async def test_disconnect_mid_handshake(pki: PKIFiles) -> None:
 async def test_connections_over_the_limit_are_closed_at_once(pki: PKIFiles) -> None:
     async with running_tls_server(pki.server_settings(max_connections=2)) as server:
         port = port_of(server)
-        held = [await open_tls_stream("127.0.0.1", port, settings=pki.client_settings()) for _ in range(2)]
+        held = [
+            await open_tls_stream("127.0.0.1", port, settings=pki.client_settings())
+            for _ in range(2)
+        ]
         raw = await raw_connect(port)
         with trio.fail_after(5):
             assert await raw.receive_some() == b""
@@ -301,7 +315,9 @@ async def test_handler_exception_does_not_stop_the_server(pki: PKIFiles) -> None
 
     async with running_tls_server(pki.server_settings(), flaky) as server:
         for _ in range(2):
-            stream = await open_tls_stream("127.0.0.1", port_of(server), settings=pki.client_settings())
+            stream = await open_tls_stream(
+                "127.0.0.1", port_of(server), settings=pki.client_settings()
+            )
             try:
                 data = await stream.receive_some()
             except trio.BrokenResourceError:

@@ -72,7 +72,10 @@ class _ConflictDetector:
         self._busy = True
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self._busy = False
 
@@ -202,10 +205,10 @@ class TLSStream(trio.abc.Stream):
             raise
         self._activity()
 
-    async def _receive_into_engine(self) -> None:
-        """Read one chunk of ciphertext from the transport into the engine."""
+    async def _receive_into_engine(self, max_bytes: int | None = None) -> int:
+        """Read one chunk of ciphertext from the transport into the engine; its size."""
         try:
-            data = await self.transport_stream.receive_some(self._receive_size)
+            data = await self.transport_stream.receive_some(max_bytes or self._receive_size)
         except trio.ClosedResourceError:
             raise trio.ClosedResourceError("this TLSStream was closed") from None
         except trio.BrokenResourceError:
@@ -217,6 +220,7 @@ class TLSStream(trio.abc.Stream):
             await self._engine_inline(partial(self._engine.receive_bytes, data))
         else:
             await self._engine_inline(self._engine.receive_eof)
+        return len(data)
 
     # -- handshake -------------------------------------------------------------
 
@@ -232,21 +236,24 @@ class TLSStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
             return
         async with self._handshake_lock:
+            # Another task may have finished (or failed) it while we waited.
             self._check_usable()
-            if self._handshake_done:
-                return
-            try:
-                await self._handshake_steps()
-            except HandshakeError:
-                self._state = _State.BROKEN
-                await self._send_alert()
-                raise
-            except trio.BrokenResourceError as exc:
-                self._state = _State.BROKEN
-                raise HandshakeError(
-                    f"connection lost during the handshake: {exc}",
-                    reason="connection lost during the handshake",
-                ) from exc
+            if not self._handshake_done:
+                await self._handshake_or_raise()
+
+    async def _handshake_or_raise(self) -> None:
+        try:
+            await self._handshake_steps()
+        except HandshakeError:
+            self._state = _State.BROKEN
+            await self._send_alert()
+            raise
+        except trio.BrokenResourceError as exc:
+            self._state = _State.BROKEN
+            raise HandshakeError(
+                f"connection lost during the handshake: {exc}",
+                reason="connection lost during the handshake",
+            ) from exc
 
     async def _handshake_steps(self) -> None:
         engine = self._engine
@@ -344,19 +351,31 @@ class TLSStream(trio.abc.Stream):
             return data
 
     async def _receive_plaintext(self, max_bytes: int) -> tuple[bytes, bool]:
+        """Plaintext from the engine, reading the transport as needed; and whether we yielded.
+
+        A caller asking for a lot (``max_bytes`` at or above the offload
+        threshold) reads that much ciphertext at once, and if that much
+        arrived, all of it is decrypted in one worker-thread call.
+        """
         engine = self._engine
         yielded = False
-        receive = partial(engine.receive, max_bytes)
+        big_reads = self._offload.offloads_records(max_bytes)
+        read_size = max(self._receive_size, max_bytes) if big_reads else self._receive_size
+        in_thread = False
         while True:
             try:
-                data = await self._engine_inline(receive)
+                if in_thread:
+                    data = await self._engine_in_thread(partial(engine.receive_many, max_bytes))
+                else:
+                    data = await self._engine_inline(partial(engine.receive, max_bytes))
             except TLSError as exc:
                 self._state = _State.BROKEN
                 raise trio.BrokenResourceError(str(exc)) from exc
             if data is not None:
                 return data, yielded
             yielded = True
-            await self._receive_into_engine()
+            fed = await self._receive_into_engine(read_size)
+            in_thread = big_reads and self._offload.offloads_records(fed)
 
     async def aclose(self) -> None:
         """Send close_notify if possible, then close the transport."""

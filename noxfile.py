@@ -1,0 +1,61 @@
+"""Sessions: lint, typecheck, tests (a version matrix), docs; bench, interop on demand.
+
+``nox -s tests`` runs the suite once per matrix entry, each in its own
+virtualenv with exactly those versions installed:
+
+* ``oldest``: the lower bounds declared in pyproject.toml, pinned exactly;
+* ``newest``: the newest releases on the index.
+
+trio-typing is not used: trio ships inline type hints (PEP 561) since 0.22,
+and its plugin adds nothing for the APIs we use.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+
+MATRIX = {
+    # Keep in step with [project].dependencies in pyproject.toml.
+    "oldest": ["trio==0.25.0", "pyOpenSSL==25.0.0", "cryptography==44.0.0"],
+    "newest": ["--upgrade", "trio", "pyOpenSSL", "cryptography"],
+}
+
+REPORT_VERSIONS = (
+    "import sys, trio, OpenSSL, cryptography; from OpenSSL import SSL; "
+    "print('python', sys.version.split()[0], '| trio', trio.__version__, "
+    "'| pyOpenSSL', OpenSSL.__version__, '| cryptography', cryptography.__version__, "
+    "'|', SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode())"
+)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    session.install("mypy>=1.10", ".[test]")
+    session.run("mypy", "--strict", "trio_tls_dtls")
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("deps", list(MATRIX))
+def tests(session: nox.Session, deps: str) -> None:
+    session.install(".[test]", *MATRIX[deps])
+    session.run("python", "-c", REPORT_VERSIONS)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    session.install(".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")

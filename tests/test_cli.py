@@ -1,0 +1,182 @@
+"""trio-tlsd on the command line: certs, serve, and one-line errors."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.conftest import PKIFiles
+from trio_tls_dtls import ClientSettings, open_tls_stream
+from trio_tls_dtls.cli import main
+
+CLI = [sys.executable, "-m", "trio_tls_dtls"]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_certs_writes_the_dev_pki(tmp_path: Path) -> None:
+    assert main(["certs", "--dir", str(tmp_path / "pki")]) == 0
+    names = sorted(p.name for p in (tmp_path / "pki").iterdir())
+    assert names == ["ca.pem", "client.key", "client.pem", "server.key", "server.pem"]
+    for key in ("server.key", "client.key"):
+        assert (tmp_path / "pki" / key).stat().st_mode & 0o777 == 0o600
+
+
+def test_certs_refuses_to_overwrite(tmp_path: Path) -> None:
+    assert main(["certs", "--dir", str(tmp_path)]) == 0
+    before = (tmp_path / "server.key").read_bytes()
+    result = run_cli("certs", "--dir", str(tmp_path))
+    assert_one_line_error(result, "already holds", "--force")
+    assert (tmp_path / "server.key").read_bytes() == before
+    assert main(["certs", "--dir", str(tmp_path), "--force", "--key-type", "rsa"]) == 0
+    assert b"BEGIN PRIVATE KEY" in (tmp_path / "server.key").read_bytes()
+    assert (tmp_path / "server.key").read_bytes() != before
+
+
+def test_version_via_python_m() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("trio-tlsd ")
+
+
+def test_missing_certificate_names_the_path(tmp_path: Path, pki: PKIFiles) -> None:
+    missing = tmp_path / "nope.pem"
+    result = run_cli("serve", "--cert", str(missing), "--key", str(pki.server_key))
+    assert_one_line_error(result, "not found", str(missing))
+
+
+def test_key_that_does_not_match(pki: PKIFiles) -> None:
+    result = run_cli("serve", "--cert", str(pki.client_cert), "--key", str(pki.server_key))
+    assert_one_line_error(result, "does not match", str(pki.server_key), str(pki.client_cert))
+
+
+def test_unreadable_certificate(tmp_path: Path, pki: PKIFiles) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("this is not a certificate\n")
+    result = run_cli("serve", "--cert", str(garbage), "--key", str(pki.server_key))
+    assert_one_line_error(result, "no valid PEM certificate", str(garbage))
+
+
+def test_expired_certificate(tmp_path: Path, pki: PKIFiles) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    old = pki.pki.issue_server(
+        not_before=now - datetime.timedelta(days=30), not_after=now - datetime.timedelta(days=1)
+    )
+    cert, key = tmp_path / "old.pem", tmp_path / "old.key"
+    cert.write_bytes(old.cert_pem)
+    key.write_bytes(old.key_pem)
+    result = run_cli("serve", "--cert", str(cert), "--key", str(key))
+    assert_one_line_error(result, "expired on", str(cert))
+
+
+def test_encrypted_key_needs_its_passphrase(tmp_path: Path, pki: PKIFiles) -> None:
+    key = tmp_path / "locked.key"
+    key.write_bytes(pki.pki.server.encrypted_key_pem(b"sesame"))
+    key.chmod(0o600)
+    result = run_cli("serve", "--cert", str(pki.server_cert), "--key", str(key))
+    assert_one_line_error(result, "is encrypted", str(key))
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("open\n")
+    result = run_cli(
+        "serve",
+        "--cert",
+        str(pki.server_cert),
+        "--key",
+        str(key),
+        "--key-password-file",
+        str(wrong),
+    )
+    assert_one_line_error(result, "wrong passphrase")
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--port", "70000"], "port must be 0-65535"),
+        (["--port", "http"], "port must be an integer"),
+        (["--idle-timeout", "soon"], "seconds"),
+        (["--max-connections", "-1"], "positive integer"),
+        (["--verify-client", "sometimes"], "invalid choice"),
+    ],
+)
+def test_invalid_option_values(flags: list[str], fragment: str) -> None:
+    assert_one_line_error(run_cli("serve", *flags), fragment)
+
+
+def test_port_in_use(pki: PKIFiles) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--cert",
+            str(pki.server_cert),
+            "--key",
+            str(pki.server_key),
+        )
+    assert_one_line_error(result, f"port {port} is already in use")
+
+
+async def test_serve_on_defaults_makes_dev_pki_and_echoes(tmp_path: Path) -> None:
+    """What a new user does: `trio-tlsd serve` in an empty folder, then connects."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = await trio.lowlevel.open_process(
+        [*CLI, "serve", "--host", "127.0.0.1", "--port", "0"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert process.stderr is not None
+        output = b""
+        with trio.fail_after(20):
+            while b"connect with:" not in output or not output.endswith(b"\n"):
+                chunk = await process.stderr.receive_some()
+                assert chunk, output
+                output += chunk
+        text = output.decode()
+        assert "created a development PKI" in text
+        assert "openssl s_client -connect localhost:" in text
+        port = int(text.split("serving TLS echo on 127.0.0.1:")[1].split()[0])
+        settings = ClientSettings(ca_file=tmp_path / "certs" / "ca.pem")
+        stream = await open_tls_stream(
+            "127.0.0.1", port, settings=settings, server_hostname="localhost"
+        )
+        await stream.send_all(b"hello from a new user")
+        assert await stream.receive_some() == b"hello from a new user"
+        await stream.aclose()
+    finally:
+        process.send_signal(signal.SIGINT)
+        with trio.move_on_after(10):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0

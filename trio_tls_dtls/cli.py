@@ -1,0 +1,298 @@
+"""trio-tlsd: the command line.
+
+Every user error (a missing file, a bad value, a port in use) ends in one
+line on stderr and exit status 2, never a traceback: the errors raised
+below already name the file, flag or port at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import trio
+from OpenSSL import SSL
+
+from . import __version__
+from .certs import DEV_PKI_FILES, ensure_dev_pki, make_dev_pki, write_dev_pki
+from .config import CertificateSettings, ServerSettings, VerifyClient
+from .context import build_server_context
+from .errors import TLSDError
+from .info import format_address
+from .listen import open_tcp_listeners
+from .tls.server import TLSServer, echo_handler
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("trio_tls_dtls.cli")
+
+DEFAULT_PORT = 4433
+DEFAULT_CERT_DIR = Path("certs")
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line and exit 2, without the usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# -- value parsers: each error names the value and what was expected -----
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be an integer 0-65535, not {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text}")
+    return value
+
+
+def _optional_seconds(text: str) -> float | None:
+    return None if text.lower() in {"none", "off", "0"} else _seconds(text)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
+    return value
+
+
+# -- the parser -----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="trio-tlsd", description="Trio-native TLS and DTLS service.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="logging threshold (default: info)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_certs(commands)
+    _add_serve(commands)
+    return parser
+
+
+def _add_certs(commands: argparse._SubParsersAction[_Parser]) -> None:
+    p = commands.add_parser(
+        "certs",
+        help="write a development CA, server and client certificate",
+        description="Write ca.pem, server.pem, server.key, client.pem and client.key to DIR. "
+        "For development only: do not use these in production.",
+    )
+    p.add_argument(
+        "--dir", type=Path, default=DEFAULT_CERT_DIR, help="output folder (default: certs)"
+    )
+    p.add_argument(
+        "--key-type", choices=["ec", "rsa"], default="ec", help="ec = P-256 (default), rsa = 2048"
+    )
+    p.add_argument(
+        "--server-name",
+        action="append",
+        metavar="NAME",
+        help="a DNS name or IP for the server certificate (repeatable; "
+        "default: localhost, 127.0.0.1, ::1)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(run=_run_certs)
+
+
+def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="serve TLS echo",
+        description="Serve TLS echo. Without --cert/--key, uses ./certs (made on first run).",
+    )
+    p.add_argument("--host", default="localhost", help="address to listen on (default: localhost)")
+    p.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
+    )
+    p.add_argument("--cert", type=Path, help="certificate chain file (PEM)")
+    p.add_argument("--key", type=Path, help="private key file (PEM)")
+    p.add_argument("--key-password-file", type=Path, help="file holding the key's passphrase")
+    p.add_argument("--ca", type=Path, help="CA file that signs client certificates")
+    p.add_argument(
+        "--verify-client",
+        choices=[v.value for v in VerifyClient],
+        default="none",
+        help="ask for client certificates (default: none)",
+    )
+    p.add_argument(
+        "--min-version", choices=["1.2", "1.3"], default="1.2", help="lowest TLS version"
+    )
+    p.add_argument("--alpn", action="append", metavar="PROTO", help="ALPN protocol (repeatable)")
+    p.add_argument(
+        "--keylog-file", type=Path, help="append TLS secrets here (SSLKEYLOGFILE format)"
+    )
+    p.add_argument("--no-session-tickets", action="store_true", help="disable session resumption")
+    p.add_argument(
+        "--handshake-timeout", type=_seconds, default=10.0, metavar="S", help="default: 10"
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_optional_seconds,
+        default=300.0,
+        metavar="S",
+        help="default: 300; 0 = none",
+    )
+    p.add_argument(
+        "--max-connections", type=_positive_int, default=1024, metavar="N", help="default: 1024"
+    )
+    p.set_defaults(run=_run_serve)
+
+
+# -- commands -------------------------------------------------------------------
+
+
+def _run_certs(args: argparse.Namespace) -> int:
+    folder: Path = args.dir
+    existing = [name for name in DEV_PKI_FILES if (folder / name).exists()]
+    if existing and not args.force:
+        raise TLSDError(f"{folder} already holds {', '.join(existing)}; use --force to overwrite")
+    names = args.server_name or ["localhost", "127.0.0.1", "::1"]
+    written = write_dev_pki(folder, make_dev_pki(key_type=args.key_type, server_names=names))
+    for path in written.values():
+        print(path)
+    print(f"development PKI written to {folder}/ (not for production use)", file=sys.stderr)
+    return 0
+
+
+def _read_password(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise TLSDError(f"cannot read key password file {path}: {exc.strerror}") from None
+
+
+def _server_settings(args: argparse.Namespace) -> tuple[ServerSettings, bool]:
+    """ServerSettings from the flags; the bool says if the development PKI is used."""
+    if (args.cert is None) != (args.key is None):
+        raise TLSDError("--cert and --key go together: give both or neither")
+    ca = args.ca
+    dev = args.cert is None
+    if dev:
+        if ensure_dev_pki(DEFAULT_CERT_DIR):
+            logger.warning(
+                "no --cert/--key given: created a development PKI in %s/ (not for production)",
+                DEFAULT_CERT_DIR,
+            )
+        cert, key = DEFAULT_CERT_DIR / "server.pem", DEFAULT_CERT_DIR / "server.key"
+        if ca is None and args.verify_client != "none":
+            ca = DEFAULT_CERT_DIR / "ca.pem"
+    else:
+        cert, key = args.cert, args.key
+    settings = ServerSettings(
+        certificate=CertificateSettings(cert, key, _read_password(args.key_password_file)),
+        ca_file=ca,
+        verify_client=VerifyClient(args.verify_client),
+        min_version=args.min_version,
+        alpn=tuple(args.alpn or ()),
+        keylog_file=args.keylog_file,
+        session_tickets=not args.no_session_tickets,
+        handshake_timeout=args.handshake_timeout,
+        idle_timeout=args.idle_timeout,
+        max_connections=args.max_connections,
+    )
+    return settings, dev
+
+
+def connect_hint(port: int, settings: ServerSettings, dev: bool) -> str:
+    """The openssl s_client command line that connects to this server."""
+    parts = [f"openssl s_client -connect localhost:{port} -servername localhost"]
+    if dev:
+        parts.append(f"-CAfile {DEFAULT_CERT_DIR / 'ca.pem'} -verify_return_error")
+        if settings.verify_client is not VerifyClient.NONE:
+            parts.append(
+                f"-cert {DEFAULT_CERT_DIR / 'client.pem'} -key {DEFAULT_CERT_DIR / 'client.key'}"
+            )
+    return " ".join(parts)
+
+
+async def _serve(
+    args: argparse.Namespace, settings: ServerSettings, context: SSL.Context, dev: bool
+) -> None:
+    # Bind before starting any task, so a port in use is a plain ListenError.
+    listeners = await open_tcp_listeners(args.port, args.host)
+    server = TLSServer(echo_handler, settings, context=context)
+    open_at_stop = 0
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, listeners)
+            bound = ", ".join(format_address(a) for a in server.addresses)
+            port = server.addresses[0][1]
+            print(f"trio-tlsd: serving TLS echo on {bound}", file=sys.stderr)
+            print(f"connect with: {connect_hint(port, settings, dev)}", file=sys.stderr, flush=True)
+            async for signum in signals:
+                logger.info("%s received: stopping", signal.Signals(signum).name)
+                open_at_stop = server.stats.active
+                nursery.cancel_scope.cancel()
+                break
+    stats = server.stats
+    print(
+        f"trio-tlsd: stopped after {stats.accepted} connections "
+        f"({stats.handshakes_ok} handshakes ok, {open_at_stop} still open when stopped)",
+        file=sys.stderr,
+    )
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    settings, dev = _server_settings(args)
+    context = build_server_context(settings)  # bad files fail here, before binding
+    trio.run(_serve, args, settings, context, dev)
+    return 0
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``trio-tlsd`` and ``python -m trio_tls_dtls``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        result: int = args.run(args)
+    except TLSDError as exc:
+        print(f"trio-tlsd: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:  # e.g. ensure_dev_pki on a half-made folder
+        print(f"trio-tlsd: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    return result
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
