@@ -54,7 +54,7 @@ pytestmark = [
 # Loopback handshakes and echoes take milliseconds; these only bound a hang.
 STEP_TIMEOUT = 5.0
 # How long a refusal that should be immediate (an alert) may take before we
-# call it missing. Short, because the renegotiation test spends it (xfail).
+# call it missing.
 REFUSAL_TIMEOUT = 2.0
 KILL_TIMEOUT = 2.0
 
@@ -595,15 +595,6 @@ async def test_3des_and_rc4_suites_refused(
     assert server.stats.handshakes_failed == {"no shared cipher": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OpenSSLTimeout,
-    reason=(
-        "library bug: TLSStream.receive_some does not flush the engine's output while it "
-        "waits for more input, so the no_renegotiation alert that OpenSSL queues in reply "
-        "to the ClientHello never leaves, and s_client waits for it until killed"
-    ),
-)
 async def test_renegotiation_refused(pki: PKIFiles) -> None:
     async with running_tls_server(pki.server_settings()) as server:
         # -msg traces the handshake messages and alerts that s_client sees.
@@ -623,8 +614,8 @@ async def test_renegotiation_refused(pki: PKIFiles) -> None:
             assert after not in client.stdout, "it renegotiated:\n" + client.transcript()
             status = await client.wait_exit() if refused_in_time else None
     if not refused_in_time:
-        # Raised here, outside the nurseries, so that no ExceptionGroup
-        # hides it from xfail(raises=OpenSSLTimeout).
+        # Raised here, outside the nurseries, so that the transcript is not
+        # wrapped in an ExceptionGroup.
         raise OpenSSLTimeout(
             f"s_client neither failed nor renegotiated within {REFUSAL_TIMEOUT:g}s\n"
             + client.transcript()

@@ -33,12 +33,12 @@ import enum
 import operator
 from collections.abc import Callable
 from functools import partial
-from types import TracebackType
 from typing import TypeVar
 
 import trio
 from OpenSSL import SSL
 
+from ..concurrency import ConflictDetector
 from ..engine import TLSEngine
 from ..errors import HandshakeError, TLSError
 from ..info import Address, PeerInfo
@@ -55,29 +55,6 @@ class _State(enum.Enum):
     OK = "ok"
     BROKEN = "broken"
     CLOSED = "closed"
-
-
-class _ConflictDetector:
-    """Raises BusyResourceError when two tasks use one direction at once."""
-
-    __slots__ = ("_busy", "_message")
-
-    def __init__(self, message: str) -> None:
-        self._message = message
-        self._busy = False
-
-    def __enter__(self) -> None:
-        if self._busy:
-            raise trio.BusyResourceError(self._message)
-        self._busy = True
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._busy = False
 
 
 class TLSStream(trio.abc.Stream):
@@ -118,8 +95,8 @@ class TLSStream(trio.abc.Stream):
         self._handshake_lock = trio.Lock()
         self._engine_lock = trio.Lock()
         self._send_lock = trio.StrictFIFOLock()
-        self._send_conflict = _ConflictDetector("another task is already sending on this TLSStream")
-        self._receive_conflict = _ConflictDetector(
+        self._send_conflict = ConflictDetector("another task is already sending on this TLSStream")
+        self._receive_conflict = ConflictDetector(
             "another task is already receiving on this TLSStream"
         )
         self.bytes_sent = 0
@@ -276,7 +253,7 @@ class TLSStream(trio.abc.Stream):
         self._handshake_done = True
 
     async def _send_alert(self) -> None:
-        """Best effort: tell the peer why the handshake failed (the alert is queued)."""
+        """Best effort: send the fatal alert the engine queued when it failed."""
         if self._send_lock.locked() or self._send_broken:
             return
         data = await self._engine_inline(self._engine.bytes_to_send)
@@ -370,10 +347,15 @@ class TLSStream(trio.abc.Stream):
                     data = await self._engine_inline(partial(engine.receive, max_bytes))
             except TLSError as exc:
                 self._state = _State.BROKEN
+                await self._send_alert()
                 raise trio.BrokenResourceError(str(exc)) from exc
             if data is not None:
                 return data, yielded
             yielded = True
+            if not (self._send_lock.locked() or self._send_broken):
+                # Reading may have queued bytes that the peer waits for before
+                # it sends anything more (a refused renegotiation's alert).
+                await self._flush()
             fed = await self._receive_into_engine(read_size)
             in_thread = big_reads and self._offload.offloads_records(fed)
 
