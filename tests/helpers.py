@@ -9,6 +9,7 @@ from functools import partial
 import trio
 
 from trio_tls_dtls.config import ServerSettings
+from trio_tls_dtls.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler, serve_dtls
 from trio_tls_dtls.offload import CryptoOffload
 from trio_tls_dtls.tls.server import TLSHandler, TLSServer, echo_handler, serve_tls
 
@@ -32,7 +33,26 @@ async def running_tls_server(
             nursery.cancel_scope.cancel()
 
 
-def port_of(server: TLSServer) -> int:
+@asynccontextmanager
+async def running_dtls_server(
+    settings: ServerSettings,
+    handler: DTLSHandler = dtls_echo_handler,
+    *,
+    host: str = "127.0.0.1",
+    offload: CryptoOffload | None = None,
+) -> AsyncIterator[DTLSServer]:
+    """A DTLS server on an ephemeral loopback port, stopped on exit."""
+    async with trio.open_nursery() as nursery:
+        server: DTLSServer = await nursery.start(
+            partial(serve_dtls, handler, 0, host=host, settings=settings, offload=offload)
+        )
+        try:
+            yield server
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def port_of(server: TLSServer | DTLSServer) -> int:
     return server.addresses[0][1]
 
 

@@ -19,6 +19,7 @@ from typing import Literal
 from .errors import ConfigError
 
 __all__ = [
+    "DEFAULT_DTLS_MTU",
     "DEFAULT_TLS12_CIPHERS",
     "CertificateSettings",
     "ClientSettings",
@@ -112,6 +113,18 @@ def _alpn(protocols: tuple[str, ...], owner: str) -> tuple[str, ...]:
     return protocols
 
 
+# 1200 bytes fits any IPv6 path (1280) with room for the UDP and IP headers.
+DEFAULT_DTLS_MTU = 1200
+_MIN_MTU, _MAX_MTU = 512, 65507
+
+
+def _mtu(value: int) -> int:
+    _count(value, "mtu")
+    if not _MIN_MTU <= value <= _MAX_MTU:
+        raise ConfigError(f"mtu must be {_MIN_MTU}-{_MAX_MTU} bytes, not {value}")
+    return value
+
+
 def _set(obj: object, name: str, value: object) -> None:
     # Frozen dataclasses normalise their own fields in __post_init__.
     object.__setattr__(obj, name, value)
@@ -183,6 +196,12 @@ class ServerSettings:
     idle_timeout: float | None = 300.0
     max_connections: int = 1024
     offload: OffloadSettings = field(default_factory=OffloadSettings)
+    # DTLS only.
+    mtu: int = DEFAULT_DTLS_MTU
+    max_peers: int = 1024
+    peer_queue_size: int = 64
+    cookie_secret_file: Path | None = None
+    cookie_rotation: float = 60.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.certificate, CertificateSettings):
@@ -209,6 +228,15 @@ class ServerSettings:
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
         _set(self, "idle_timeout", _optional_positive(self.idle_timeout, "idle_timeout"))
         _count(self.max_connections, "max_connections")
+        _mtu(self.mtu)
+        _count(self.max_peers, "max_peers")
+        _count(self.peer_queue_size, "peer_queue_size")
+        _set(
+            self,
+            "cookie_secret_file",
+            _optional_path(self.cookie_secret_file, "cookie_secret_file"),
+        )
+        _set(self, "cookie_rotation", _positive(self.cookie_rotation, "cookie_rotation"))
 
     @classmethod
     def from_files(
@@ -243,6 +271,8 @@ class ClientSettings:
     keylog_file: Path | None = None
     handshake_timeout: float = 10.0
     offload: OffloadSettings = field(default_factory=OffloadSettings)
+    mtu: int = DEFAULT_DTLS_MTU
+    """DTLS only: the largest datagram we send, in bytes of ciphertext."""
     # The pyOpenSSL contexts built from this object (see context.client_context).
     # Per object, not per value: sessions resume only within one context.
     _contexts: dict[str, object] = field(
@@ -257,3 +287,4 @@ class ClientSettings:
         _set(self, "alpn", _alpn(self.alpn, "client"))
         _set(self, "keylog_file", _optional_path(self.keylog_file, "keylog_file"))
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
+        _mtu(self.mtu)

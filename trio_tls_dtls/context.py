@@ -80,6 +80,9 @@ def _new_context(dtls: bool, min_version: TLSVersion, max_version: TLSVersion) -
         ctx = SSL.Context(SSL.DTLS_METHOD)
         ctx.set_min_proto_version(DTLS1_2_VERSION)
         ctx.set_max_proto_version(DTLS1_2_VERSION)
+        # Memory BIOs have no path MTU to query: the MTU is set per
+        # connection from settings instead.
+        ctx.set_options(SSL.OP_NO_QUERY_MTU)
     else:
         ctx = SSL.Context(SSL.TLS_METHOD)
         ctx.set_min_proto_version(_TLS_VERSIONS[min_version])
@@ -148,7 +151,31 @@ def _server_context_for(
         ctx.set_alpn_select_callback(_alpn_selector(settings.alpn))
     if keylog is not None:
         ctx.set_keylog_callback(keylog)
+    if dtls:
+        _accept_prechecked_cookies(ctx)
     return ctx
+
+
+def _cookie_already_checked(conn: SSL.Connection, cookie: bytes) -> bool:
+    return True
+
+
+def _no_cookie_from_openssl(conn: SSL.Connection) -> bytes:
+    # Never reached in practice: HelloVerifyRequests are ours (dtls/cookie.py).
+    return b"\x00" * 16
+
+
+def _accept_prechecked_cookies(ctx: SSL.Context) -> None:
+    """Let DTLSv1_listen accept the ClientHellos our endpoint hands it.
+
+    The endpoint verifies the cookie itself (stateless HMAC, before any
+    per-peer state exists) and only then makes a Connection and calls
+    DTLSv1_listen on it, which needs these callbacks to exist. Accepting
+    every cookie here is safe only because of that order: nothing else ever
+    calls DTLSv1_listen on these contexts.
+    """
+    ctx.set_cookie_generate_callback(_no_cookie_from_openssl)
+    ctx.set_cookie_verify_callback(_cookie_already_checked)
 
 
 def _name_matches(pattern: str, name: str) -> bool:

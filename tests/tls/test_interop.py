@@ -454,7 +454,7 @@ async def test_client_without_certificate_refused_by_s_server(pki: PKIFiles, ver
     async with s_server(pki, VERSION_FLAG[version], *verify) as (server, port):
         # TLS 1.3: our handshake completes before s_server has judged the
         # (missing) certificate; the refusal arrives as an alert on receive.
-        with pytest.raises((HandshakeError, trio.BrokenResourceError)) as info:  # noqa: PT012
+        with pytest.raises((HandshakeError, trio.BrokenResourceError)) as info:
             stream = await open_tls_stream("127.0.0.1", port, settings=pki.client_settings())
             await stream.send_all(b"hello\n")
             await stream.receive_some()

@@ -1,0 +1,404 @@
+"""The DTLS endpoint: one receive loop per UDP socket, a cookie gate, a peer table.
+
+Every datagram from an address we do not know goes through the *cookie gate*:
+it must be a well-formed ClientHello, and unless it carries a cookie we
+issued (an HMAC over the peer's address and its ClientHello, see
+:mod:`.cookie`), the only answer is a HelloVerifyRequest — no larger than the
+ClientHello, and made without allocating anything that outlives the
+datagram. Only a ClientHello with a valid cookie, which proves the peer can
+receive at its claimed address, gets a peer-table entry, an OpenSSL
+connection and a task.
+
+Datagrams from known peers go into that peer's bounded queue. A full queue
+drops the datagram, exactly as a congested link would, so a slow or hostile
+peer can never stall the loop that serves everyone else.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import socket as _stdsocket
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import trio
+from OpenSSL import SSL
+
+from ..config import ServerSettings
+from ..context import build_server_context
+from ..engine import DTLSEngine
+from ..errors import HandshakeError, RecordParseError
+from ..info import Address, PeerInfo, format_address
+from ..listen import listen_error, normalize_address, validate_port
+from ..offload import CryptoOffload
+from ..timeouts import IdleDeadline
+from .channel import DTLSChannel
+from .cookie import CookieSecrets
+from .link import MAX_DATAGRAM, PeerLink, SocketSender
+from .peers import PeerTable
+from .records import ClientHello, build_hello_verify_request, cookie_input, parse_client_hello
+
+__all__ = ["DTLSHandler", "DTLSServer", "DTLSServerStats", "dtls_echo_handler", "serve_dtls"]
+
+logger = logging.getLogger(__name__)
+
+DTLSHandler = Callable[[DTLSChannel, PeerInfo], Awaitable[object]]
+"""``async def handler(channel, peer)``: serve one DTLS peer after its handshake."""
+
+CLOSE_TIMEOUT = 1.0
+
+# No DTLS record is longer than 2^14 bytes of plaintext plus 2048 of
+# expansion plus its header; a datagram larger than that is not DTLS.
+MAX_DTLS_DATAGRAM = 2**14 + 2048 + 13
+
+_HANDSHAKE = 22
+
+
+@dataclass
+class DTLSServerStats:
+    """Counters for one DTLS endpoint (the metrics module exports these)."""
+
+    datagrams_received: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    cookies_sent: int = 0
+    cookies_verified: int = 0
+    cookies_rejected: int = 0
+    peers_active: int = 0
+    peers_total: int = 0
+    peers_evicted: int = 0
+    peers_replaced: int = 0
+    handshakes_ok: int = 0
+    handshakes_failed: Counter[str] = field(default_factory=Counter)
+    handler_errors: int = 0
+    idle_timeouts: int = 0
+
+
+class _Peer:
+    """A peer-table entry: its queue, its task's cancel scope, its ClientHello."""
+
+    __slots__ = ("hello_id", "link", "scope")
+
+    def __init__(self, link: PeerLink, hello_id: bytes) -> None:
+        self.link = link
+        self.hello_id = hello_id
+        self.scope = trio.CancelScope()
+
+    def stop(self) -> None:
+        self.scope.cancel()
+        self.link.close()
+
+
+def _looks_like_client_hello(datagram: bytes) -> bool:
+    # Handshake record, epoch 0, handshake type client_hello: cheap enough
+    # to run on every datagram from a known peer.
+    return (
+        len(datagram) > 25
+        and datagram[0] == _HANDSHAKE
+        and datagram[3] == 0
+        and datagram[4] == 0
+        and datagram[13] == 1
+    )
+
+
+class DTLSServer:
+    """Serves DTLS on UDP sockets it is given; see :func:`serve_dtls`.
+
+    *cookies* overrides the secrets built from *settings* (workers share
+    one); *clock* is the wall clock the cookie epochs follow.
+    """
+
+    def __init__(
+        self,
+        handler: DTLSHandler,
+        settings: ServerSettings,
+        *,
+        context: SSL.Context | None = None,
+        offload: CryptoOffload | None = None,
+        cookies: CookieSecrets | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.handler = handler
+        self.settings = settings
+        self.context = context if context is not None else build_server_context(settings, dtls=True)
+        self.offload = offload if offload is not None else CryptoOffload(settings.offload)
+        self.cookies = cookies if cookies is not None else _cookie_secrets(settings)
+        self.clock = clock
+        self.stats = DTLSServerStats()
+        self.peers: PeerTable[tuple[int, Address], _Peer] = PeerTable(settings.max_peers)
+        self.sockets: list[trio.socket.SocketType] = []
+
+    @property
+    def addresses(self) -> list[Address]:
+        return [normalize_address(sock.getsockname()) for sock in self.sockets]
+
+    async def serve(
+        self,
+        sockets: list[trio.socket.SocketType],
+        *,
+        task_status: trio.TaskStatus[DTLSServer] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Receive on *sockets* until cancelled; they are closed on the way out."""
+        self.sockets = sockets
+        try:
+            async with trio.open_nursery() as nursery:
+                for index, sock in enumerate(sockets):
+                    nursery.start_soon(self._receive_loop, index, sock, nursery)
+                task_status.started(self)
+                await trio.sleep_forever()
+        finally:
+            for sock in sockets:
+                sock.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- the receive loop ----------------------------------------------------------
+
+    async def _receive_loop(
+        self, index: int, sock: trio.socket.SocketType, nursery: trio.Nursery
+    ) -> None:
+        sender = SocketSender(sock)
+        while True:
+            try:
+                datagram, sockaddr = await sock.recvfrom(MAX_DATAGRAM)
+            except OSError as exc:
+                # Linux reports ICMP errors for earlier sends on unconnected
+                # UDP sockets here; they say nothing about this endpoint.
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue
+                raise
+            self.stats.datagrams_received += 1
+            address = normalize_address(sockaddr)
+            await self._on_datagram(index, datagram, address, sender, nursery)
+
+    async def _on_datagram(
+        self,
+        index: int,
+        datagram: bytes,
+        address: Address,
+        sender: SocketSender,
+        nursery: trio.Nursery,
+    ) -> None:
+        if len(datagram) > MAX_DTLS_DATAGRAM:
+            self.stats.dropped["oversized"] += 1
+            return
+        key = (index, address)
+        peer = self.peers.get(key)
+        if peer is not None and not _looks_like_client_hello(datagram):
+            self.peers.touch(key)
+            if not peer.link.deliver(datagram):
+                self.stats.dropped["queue_full"] += 1
+            return
+        await self._client_hello(key, datagram, peer, sender, nursery)
+
+    async def _client_hello(
+        self,
+        key: tuple[int, Address],
+        datagram: bytes,
+        peer: _Peer | None,
+        sender: SocketSender,
+        nursery: trio.Nursery,
+    ) -> None:
+        """The cookie gate (and, for a known address, retransmit vs. restart)."""
+        address = key[1]
+        if datagram[0] != _HANDSHAKE:
+            self.stats.dropped["not_handshake"] += 1
+            return
+        try:
+            hello = parse_client_hello(datagram)
+        except RecordParseError:
+            if peer is not None:  # let that peer's OpenSSL judge it
+                peer.link.deliver(datagram)
+            else:
+                self.stats.dropped["malformed"] += 1
+            return
+        if peer is not None and hello.cookie and cookie_input(hello) == peer.hello_id:
+            # The same ClientHello again: the peer's retransmission.
+            peer.link.deliver(datagram)
+            return
+        now = self.clock()
+        if not hello.cookie or not self.cookies.verify(hello.cookie, address, hello, now):
+            if hello.cookie:
+                self.stats.cookies_rejected += 1
+            await self._send_hello_verify_request(datagram, hello, address, sender, now)
+            return
+        self.stats.cookies_verified += 1
+        self._start_peer(key, datagram, cookie_input(hello), sender, nursery)
+
+    async def _send_hello_verify_request(
+        self,
+        datagram: bytes,
+        hello: ClientHello,
+        address: Address,
+        sender: SocketSender,
+        now: float,
+    ) -> None:
+        cookie = self.cookies.generate(address, hello, now)
+        reply = build_hello_verify_request(hello, cookie)
+        if len(reply) > len(datagram):
+            # Never answer with more bytes than we got: no amplification.
+            self.stats.dropped["too_small_to_answer"] += 1
+            return
+        try:
+            await sender.sendto(reply, address)
+        except OSError as exc:
+            logger.debug("HelloVerifyRequest to %s failed: %s", format_address(address), exc)
+            return
+        self.stats.cookies_sent += 1
+
+    def _start_peer(
+        self,
+        key: tuple[int, Address],
+        datagram: bytes,
+        hello_id: bytes,
+        sender: SocketSender,
+        nursery: trio.Nursery,
+    ) -> None:
+        try:
+            engine = DTLSEngine.accept(self.context, datagram, mtu=self.settings.mtu)
+        except HandshakeError as exc:
+            self.stats.handshakes_failed[exc.reason] += 1
+            return
+        peer = _Peer(PeerLink(sender, key[1], self.settings.peer_queue_size), hello_id)
+        for old in self.peers.add(key, peer):
+            if old.link.address == key[1]:
+                self.stats.peers_replaced += 1
+                logger.info(
+                    "new handshake from %s replaces its old association", format_address(key[1])
+                )
+            else:
+                self.stats.peers_evicted += 1
+                logger.info(
+                    "peer table full: evicting idle peer %s", format_address(old.link.address)
+                )
+            old.stop()
+        self.stats.peers_total += 1
+        self.stats.peers_active += 1
+        nursery.start_soon(self._peer_task, key, peer, engine)
+
+    # -- one peer --------------------------------------------------------------------
+
+    async def _peer_task(self, key: tuple[int, Address], peer: _Peer, engine: DTLSEngine) -> None:
+        address = key[1]
+        channel = DTLSChannel(peer.link, engine, offload=self.offload, peer_address=address)
+        try:
+            with peer.scope:
+                info = await self._handshake(channel, address)
+                if info is not None:
+                    await self._run_handler(channel, info)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            logger.info("DTLS peer %s ended: %s", format_address(address), exc)
+        except Exception:
+            self.stats.handler_errors += 1
+            logger.exception("DTLS handler failed for %s", format_address(address))
+        finally:
+            self.peers.remove(key, peer)
+            self.stats.peers_active -= 1
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await channel.aclose()
+
+    async def _handshake(self, channel: DTLSChannel, address: Address) -> PeerInfo | None:
+        started = trio.current_time()
+        try:
+            with trio.fail_after(self.settings.handshake_timeout):
+                await channel.do_handshake()
+        except trio.TooSlowError:
+            self.stats.handshakes_failed["timeout"] += 1
+            logger.info(
+                "DTLS handshake from %s timed out after %gs",
+                format_address(address),
+                self.settings.handshake_timeout,
+            )
+            return None
+        except HandshakeError as exc:
+            self.stats.handshakes_failed[exc.reason] += 1
+            logger.info("DTLS handshake from %s failed: %s", format_address(address), exc.reason)
+            return None
+        self.stats.handshakes_ok += 1
+        info = channel.info
+        elapsed_ms = (trio.current_time() - started) * 1000
+        logger.info("DTLS handshake ok: %s time=%.1fms", info.describe(), elapsed_ms)
+        return info
+
+    async def _run_handler(self, channel: DTLSChannel, info: PeerInfo) -> None:
+        timeout = self.settings.idle_timeout
+        with trio.CancelScope(deadline=math.inf) as scope:
+            if timeout is not None:
+                channel.on_activity = IdleDeadline(scope, timeout).touch
+            await self.handler(channel, info)
+        if scope.cancelled_caught:
+            self.stats.idle_timeouts += 1
+            logger.info("DTLS peer %s idle for %gs: removed", format_address(info.address), timeout)
+
+
+def _cookie_secrets(settings: ServerSettings) -> CookieSecrets:
+    if settings.cookie_secret_file is not None:
+        return CookieSecrets.from_file(
+            settings.cookie_secret_file, rotation_interval=settings.cookie_rotation
+        )
+    return CookieSecrets.random(rotation_interval=settings.cookie_rotation)
+
+
+async def dtls_echo_handler(channel: DTLSChannel, peer: PeerInfo) -> None:
+    """Send back every datagram received until the peer closes."""
+    async for message in channel:
+        await channel.send(message)
+
+
+async def open_udp_sockets(
+    port: int, host: str | None, *, reuse_port: bool = False
+) -> list[trio.socket.SocketType]:
+    """One bound UDP socket per address *host* resolves to (IPv6 sockets v6-only)."""
+    validate_port(port)
+    try:
+        infos = await trio.socket.getaddrinfo(
+            host, port, type=_stdsocket.SOCK_DGRAM, flags=_stdsocket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise listen_error(exc, host, port, "UDP") from exc
+    sockets: list[trio.socket.SocketType] = []
+    seen: set[object] = set()
+    try:
+        for family, kind, proto, _, sockaddr in infos:
+            if sockaddr in seen:
+                continue
+            seen.add(sockaddr)
+            sock = trio.socket.socket(family, kind, proto)
+            sockets.append(sock)
+            if family == _stdsocket.AF_INET6:
+                sock.setsockopt(_stdsocket.IPPROTO_IPV6, _stdsocket.IPV6_V6ONLY, 1)
+            if reuse_port:
+                sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
+            try:
+                await sock.bind(sockaddr)
+            except OSError as exc:
+                raise listen_error(exc, host, port, "UDP") from exc
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def serve_dtls(
+    handler: DTLSHandler,
+    port: int,
+    *,
+    host: str | None = None,
+    settings: ServerSettings,
+    offload: CryptoOffload | None = None,
+    task_status: trio.TaskStatus[DTLSServer] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve DTLS 1.2 on UDP *host*:*port*, running ``await handler(channel, peer)`` per peer.
+
+    ``nursery.start(serve_dtls, ...)`` returns the :class:`DTLSServer` once
+    its sockets are bound. Runs until cancelled. Raises
+    :class:`~trio_tls_dtls.errors.ListenError` if it cannot bind and
+    :class:`~trio_tls_dtls.errors.ConfigError` for bad settings or files.
+    """
+    server = DTLSServer(handler, settings, offload=offload)
+    sockets = await open_udp_sockets(port, host)
+    await server.serve(sockets, task_status=task_status)
