@@ -12,7 +12,11 @@ from .config import (
     ServerSettings,
     VerifyClient,
 )
-from .engine import TLSEngine
+from .dtls.channel import DTLSChannel
+from .dtls.client import open_dtls_channel
+from .dtls.cookie import CookieSecrets
+from .dtls.server import DTLSHandler, DTLSServer, DTLSServerStats, dtls_echo_handler, serve_dtls
+from .engine import DTLSEngine, TLSEngine
 from .errors import (
     ConfigError,
     CookieError,
@@ -36,7 +40,13 @@ __all__ = [
     "ClientSettings",
     "ConfigError",
     "CookieError",
+    "CookieSecrets",
     "CryptoOffload",
+    "DTLSChannel",
+    "DTLSEngine",
+    "DTLSHandler",
+    "DTLSServer",
+    "DTLSServerStats",
     "DatagramTooLargeError",
     "HandshakeError",
     "ListenError",
@@ -53,7 +63,10 @@ __all__ = [
     "TLSStream",
     "VerifyClient",
     "__version__",
+    "dtls_echo_handler",
     "echo_handler",
+    "open_dtls_channel",
     "open_tls_stream",
+    "serve_dtls",
     "serve_tls",
 ]
