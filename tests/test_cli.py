@@ -5,23 +5,40 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
 
 from tests.conftest import PKIFiles
-from trio_tls_dtls import ClientSettings, open_tls_stream
+from trio_tls_dtls import (
+    ClientSettings,
+    CookieSecrets,
+    HandshakeError,
+    open_dtls_channel,
+    open_tls_stream,
+)
 from trio_tls_dtls.cli import main
 
 CLI = [sys.executable, "-m", "trio_tls_dtls"]
+EMPTY_DIR = Path(tempfile.mkdtemp(prefix="trio-tlsd-cli-"))
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # Never in the repo: `serve` without --cert would make ./certs there.
     return subprocess.run(
-        [*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+        [*CLI, *args],
+        cwd=cwd if cwd is not None else EMPTY_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
 
@@ -117,6 +134,8 @@ def test_encrypted_key_needs_its_passphrase(tmp_path: Path, pki: PKIFiles) -> No
         (["--idle-timeout", "soon"], "seconds"),
         (["--max-connections", "-1"], "positive integer"),
         (["--verify-client", "sometimes"], "invalid choice"),
+        (["--mtu", "100"], "MTU must be 512-65507 bytes, not 100"),
+        (["--max-peers", "0"], "positive integer"),
     ],
 )
 def test_invalid_option_values(flags: list[str], fragment: str) -> None:
@@ -124,8 +143,6 @@ def test_invalid_option_values(flags: list[str], fragment: str) -> None:
 
 
 def test_port_in_use(pki: PKIFiles) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -144,27 +161,56 @@ def test_port_in_use(pki: PKIFiles) -> None:
     assert_one_line_error(result, f"port {port} is already in use")
 
 
-async def test_serve_on_defaults_makes_dev_pki_and_echoes(tmp_path: Path) -> None:
-    """What a new user does: `trio-tlsd serve` in an empty folder, then connects."""
+@asynccontextmanager
+async def serving(cwd: Path, *flags: str) -> AsyncIterator[tuple[trio.Process, str]]:
+    """`trio-tlsd serve` on an ephemeral loopback port: the process and its banner.
+
+    On the way out: SIGINT, and the process must exit 0 by itself.
+    """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = await trio.lowlevel.open_process(
-        [*CLI, "serve", "--host", "127.0.0.1", "--port", "0"],
-        cwd=tmp_path,
+        [*CLI, "serve", "--host", "127.0.0.1", "--port", "0", *flags],
+        cwd=cwd,
         stderr=subprocess.PIPE,
         env=env,
     )
+    assert process.stderr is not None
+    output = b""
     try:
-        assert process.stderr is not None
-        output = b""
         with trio.fail_after(20):
-            while b"connect with:" not in output or not output.endswith(b"\n"):
+            # The banner, then one "connect with:" line per protocol served.
+            hints = 1 if {"--tls-only", "--dtls-only"} & set(flags) else 2
+            while output.count(b"connect with:") < hints or not output.endswith(b"\n"):
                 chunk = await process.stderr.receive_some()
                 assert chunk, output
                 output += chunk
-        text = output.decode()
-        assert "created a development PKI" in text
-        assert "openssl s_client -connect localhost:" in text
-        port = int(text.split("serving TLS echo on 127.0.0.1:")[1].split()[0])
+        yield process, output.decode()
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            await process.wait()
+        rest = b""
+        while chunk := await process.stderr.receive_some():
+            rest += chunk
+        assert process.returncode == 0, rest
+        assert b"trio-tlsd: stopped." in rest, rest
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def bound_port(banner: str, proto: str) -> int:
+    return int(banner.split(f"on {proto} 127.0.0.1:")[1].split()[0].rstrip(";"))
+
+
+async def test_serve_on_defaults_makes_dev_pki_and_echoes(tmp_path: Path) -> None:
+    """What a new user does: `trio-tlsd serve` in an empty folder, then connects over both."""
+    async with serving(tmp_path) as (_, banner):
+        assert "created a development PKI" in banner
+        assert "openssl s_client -connect localhost:" in banner
+        assert "openssl s_client -dtls1_2 -connect localhost:" in banner
+        port = bound_port(banner, "tcp")
+        assert bound_port(banner, "udp") == port  # the same port number for both
         settings = ClientSettings(ca_file=tmp_path / "certs" / "ca.pem")
         stream = await open_tls_stream(
             "127.0.0.1", port, settings=settings, server_hostname="localhost"
@@ -172,11 +218,62 @@ async def test_serve_on_defaults_makes_dev_pki_and_echoes(tmp_path: Path) -> Non
         await stream.send_all(b"hello from a new user")
         assert await stream.receive_some() == b"hello from a new user"
         await stream.aclose()
-    finally:
-        process.send_signal(signal.SIGINT)
-        with trio.move_on_after(10):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0
+        channel = await open_dtls_channel(
+            "127.0.0.1", port, settings=settings, server_hostname="localhost"
+        )
+        await channel.send(b"and over DTLS")
+        assert await channel.receive() == b"and over DTLS"
+        await channel.aclose()
+
+
+@pytest.mark.parametrize(
+    ("flag", "served", "absent"), [("--tls-only", "tcp", "udp"), ("--dtls-only", "udp", "tcp")]
+)
+async def test_serve_one_protocol_only(pki: PKIFiles, flag: str, served: str, absent: str) -> None:
+    flags = ["--cert", str(pki.server_cert), "--key", str(pki.server_key), flag]
+    async with serving(pki.ca.parent, *flags) as (_, banner):
+        assert f"on {served} 127.0.0.1:" in banner
+        assert f"on {absent} " not in banner
+        port = bound_port(banner, served)
+        settings = pki.client_settings(handshake_timeout=2.0)
+        other = open_dtls_channel if served == "tcp" else open_tls_stream
+        with pytest.raises((HandshakeError, OSError)):
+            await other("127.0.0.1", port, settings=settings, server_hostname="localhost")
+
+
+def test_tls_only_and_dtls_only_exclude_each_other() -> None:
+    assert_one_line_error(run_cli("serve", "--tls-only", "--dtls-only"), "not allowed with")
+
+
+def test_udp_port_in_use(pki: PKIFiles) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--cert",
+            str(pki.server_cert),
+            "--key",
+            str(pki.server_key),
+            "--dtls-only",
+        )
+    assert_one_line_error(result, f"port {port} is already in use", "UDP")
+
+
+def test_cookie_secret_command(tmp_path: Path, pki: PKIFiles) -> None:
+    path = tmp_path / "cookie.key"
+    assert main(["cookie-secret", str(path)]) == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    CookieSecrets.from_file(path)  # loads
+    assert_one_line_error(run_cli("cookie-secret", str(path)), "already exists")
+    short = tmp_path / "short.key"
+    short.write_text("abcd\n")
+    result = run_cli(
+        "serve", "--cert", str(pki.server_cert), "--key", str(pki.server_key),
+        "--cookie-secret-file", str(short),
+    )  # fmt: skip
+    assert_one_line_error(result, str(short), "at least 32")

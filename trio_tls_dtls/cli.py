@@ -17,16 +17,20 @@ from pathlib import Path
 from typing import NoReturn
 
 import trio
-from OpenSSL import SSL
 
 from . import __version__
 from .certs import DEV_PKI_FILES, ensure_dev_pki, make_dev_pki, write_dev_pki
-from .config import CertificateSettings, ServerSettings, VerifyClient
-from .context import build_server_context
+from .config import (
+    DEFAULT_DTLS_MTU,
+    MAX_DTLS_MTU,
+    MIN_DTLS_MTU,
+    CertificateSettings,
+    ServerSettings,
+    VerifyClient,
+)
+from .dtls.cookie import write_secret_file
 from .errors import TLSDError
-from .info import format_address
-from .listen import open_tcp_listeners
-from .tls.server import TLSServer, echo_handler
+from .service import Service
 
 __all__ = ["build_parser", "main"]
 
@@ -81,6 +85,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _mtu(text: str) -> int:
+    value = _positive_int(text)
+    if not MIN_DTLS_MTU <= value <= MAX_DTLS_MTU:
+        raise argparse.ArgumentTypeError(
+            f"MTU must be {MIN_DTLS_MTU}-{MAX_DTLS_MTU} bytes, not {value}"
+        )
+    return value
+
+
 # -- the parser -----------------------------------------------------------------
 
 
@@ -96,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_certs(commands)
     _add_serve(commands)
+    _add_cookie_secret(commands)
     return parser
 
 
@@ -126,9 +140,13 @@ def _add_certs(commands: argparse._SubParsersAction[_Parser]) -> None:
 def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     p = commands.add_parser(
         "serve",
-        help="serve TLS echo",
-        description="Serve TLS echo. Without --cert/--key, uses ./certs (made on first run).",
+        help="serve TLS and DTLS echo",
+        description="Serve echo over TLS (TCP) and DTLS (UDP) on the same port number. "
+        "Without --cert/--key, uses ./certs (made on first run).",
     )
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--tls-only", action="store_true", help="serve TLS over TCP only")
+    only.add_argument("--dtls-only", action="store_true", help="serve DTLS over UDP only")
     p.add_argument("--host", default="localhost", help="address to listen on (default: localhost)")
     p.add_argument(
         "--port", type=_port, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
@@ -164,7 +182,36 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--max-connections", type=_positive_int, default=1024, metavar="N", help="default: 1024"
     )
+    dtls = p.add_argument_group("DTLS")
+    dtls.add_argument(
+        "--mtu",
+        type=_mtu,
+        default=DEFAULT_DTLS_MTU,
+        metavar="BYTES",
+        help=f"largest datagram sent (default: {DEFAULT_DTLS_MTU})",
+    )
+    dtls.add_argument(
+        "--max-peers", type=_positive_int, default=1024, metavar="N", help="default: 1024"
+    )
+    dtls.add_argument(
+        "--cookie-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="cookie master secret shared by several servers (see: trio-tlsd cookie-secret)",
+    )
     p.set_defaults(run=_run_serve)
+
+
+def _add_cookie_secret(commands: argparse._SubParsersAction[_Parser]) -> None:
+    p = commands.add_parser(
+        "cookie-secret",
+        help="write a DTLS cookie secret file",
+        description="Write a random DTLS cookie master secret (hex, mode 0600) to FILE. "
+        "Servers given the same file accept each other's cookies.",
+    )
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(run=_run_cookie_secret)
 
 
 # -- commands -------------------------------------------------------------------
@@ -220,13 +267,25 @@ def _server_settings(args: argparse.Namespace) -> tuple[ServerSettings, bool]:
         handshake_timeout=args.handshake_timeout,
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
+        mtu=args.mtu,
+        max_peers=args.max_peers,
+        cookie_secret_file=args.cookie_secret_file,
     )
     return settings, dev
 
 
-def connect_hint(port: int, settings: ServerSettings, dev: bool) -> str:
+def _run_cookie_secret(args: argparse.Namespace) -> int:
+    path = write_secret_file(args.file, overwrite=args.force)
+    print(f"cookie secret written to {path}", file=sys.stderr)
+    return 0
+
+
+def connect_hint(port: int, settings: ServerSettings, dev: bool, *, dtls: bool = False) -> str:
     """The openssl s_client command line that connects to this server."""
-    parts = [f"openssl s_client -connect localhost:{port} -servername localhost"]
+    parts = ["openssl s_client"]
+    if dtls:
+        parts.append("-dtls1_2")
+    parts.append(f"-connect localhost:{port} -servername localhost")
     if dev:
         parts.append(f"-CAfile {DEFAULT_CERT_DIR / 'ca.pem'} -verify_return_error")
         if settings.verify_client is not VerifyClient.NONE:
@@ -236,37 +295,32 @@ def connect_hint(port: int, settings: ServerSettings, dev: bool) -> str:
     return " ".join(parts)
 
 
-async def _serve(
-    args: argparse.Namespace, settings: ServerSettings, context: SSL.Context, dev: bool
-) -> None:
+async def _serve(args: argparse.Namespace, service: Service, dev: bool) -> None:
     # Bind before starting any task, so a port in use is a plain ListenError.
-    listeners = await open_tcp_listeners(args.port, args.host)
-    server = TLSServer(echo_handler, settings, context=context)
-    open_at_stop = 0
+    await service.bind(args.port, args.host)
+    open_at_stop = service.summary()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve, listeners)
-            bound = ", ".join(format_address(a) for a in server.addresses)
-            port = server.addresses[0][1]
-            print(f"trio-tlsd: serving TLS echo on {bound}", file=sys.stderr)
-            print(f"connect with: {connect_hint(port, settings, dev)}", file=sys.stderr, flush=True)
+            await nursery.start(service.run)
+            print(f"trio-tlsd: serving echo: {service.describe()}", file=sys.stderr)
+            for is_dtls, server in ((False, service.tls), (True, service.dtls)):
+                if server is not None:
+                    hint = connect_hint(service.port, service.settings, dev, dtls=is_dtls)
+                    print(f"connect with: {hint}", file=sys.stderr)
+            sys.stderr.flush()
             async for signum in signals:
                 logger.info("%s received: stopping", signal.Signals(signum).name)
-                open_at_stop = server.stats.active
+                open_at_stop = service.summary()
                 nursery.cancel_scope.cancel()
                 break
-    stats = server.stats
-    print(
-        f"trio-tlsd: stopped after {stats.accepted} connections "
-        f"({stats.handshakes_ok} handshakes ok, {open_at_stop} still open when stopped)",
-        file=sys.stderr,
-    )
+    print(f"trio-tlsd: stopped. When stopped: {open_at_stop}", file=sys.stderr)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     settings, dev = _server_settings(args)
-    context = build_server_context(settings)  # bad files fail here, before binding
-    trio.run(_serve, args, settings, context, dev)
+    # Contexts and the cookie secret are built here: bad files fail before binding.
+    service = Service(settings, tls=not args.dtls_only, dtls=not args.tls_only)
+    trio.run(_serve, args, service, dev)
     return 0
 
 

@@ -21,6 +21,8 @@ from .errors import ConfigError
 __all__ = [
     "DEFAULT_DTLS_MTU",
     "DEFAULT_TLS12_CIPHERS",
+    "MAX_DTLS_MTU",
+    "MIN_DTLS_MTU",
     "CertificateSettings",
     "ClientSettings",
     "OffloadSettings",
@@ -115,13 +117,13 @@ def _alpn(protocols: tuple[str, ...], owner: str) -> tuple[str, ...]:
 
 # 1200 bytes fits any IPv6 path (1280) with room for the UDP and IP headers.
 DEFAULT_DTLS_MTU = 1200
-_MIN_MTU, _MAX_MTU = 512, 65507
+MIN_DTLS_MTU, MAX_DTLS_MTU = 512, 65507
 
 
 def _mtu(value: int) -> int:
     _count(value, "mtu")
-    if not _MIN_MTU <= value <= _MAX_MTU:
-        raise ConfigError(f"mtu must be {_MIN_MTU}-{_MAX_MTU} bytes, not {value}")
+    if not MIN_DTLS_MTU <= value <= MAX_DTLS_MTU:
+        raise ConfigError(f"mtu must be {MIN_DTLS_MTU}-{MAX_DTLS_MTU} bytes, not {value}")
     return value
 
 

@@ -54,6 +54,7 @@ class TLSEngine:
     """
 
     __slots__ = ("_conn", "_handshake_done", "_peer_closed", "_sent_close", "server_side")
+    _name = "TLS"
 
     def __init__(self, conn: SSL.Connection, *, server_side: bool) -> None:
         self._conn = conn
@@ -164,7 +165,7 @@ class TLSEngine:
         return reason
 
     def _describe_failure(self, exc: SSL.Error) -> str:
-        return f"TLS handshake failed: {self._reason(exc)}"
+        return f"{self._name} handshake failed: {self._reason(exc)}"
 
     # -- application data -------------------------------------------------
 
@@ -340,6 +341,7 @@ class DTLSEngine(TLSEngine):
     """
 
     __slots__ = ("mtu",)
+    _name = "DTLS"
 
     def __init__(self, conn: SSL.Connection, *, server_side: bool, mtu: int) -> None:
         super().__init__(conn, server_side=server_side)

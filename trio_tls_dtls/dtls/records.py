@@ -19,7 +19,8 @@ Wire layout (all integers big-endian)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
+from typing import NamedTuple
 
 from ..errors import RecordParseError
 
@@ -45,8 +46,7 @@ MAX_SESSION_ID = 32
 _DTLS_MAJOR = 0xFE
 
 
-@dataclass(frozen=True, slots=True)
-class ClientHello:
+class ClientHello(NamedTuple):
     """The parts of a ClientHello the cookie exchange needs."""
 
     record_sequence: int
@@ -61,29 +61,14 @@ class ClientHello:
     compression_methods: bytes
 
 
-class _Reader:
-    """Bounds-checked reads from a bytes object; every overrun is a RecordParseError."""
+# type(1) version(2) epoch(2) sequence(6) length(2), then the handshake
+# header: msg_type(1) length(3) message_seq(2) offset(3) fragment_length(3).
+_HEADERS = struct.Struct("!BHH6sHB3sH3s3s")
+_HEADERS_SIZE = RECORD_HEADER_SIZE + HANDSHAKE_HEADER_SIZE
 
-    __slots__ = ("data", "end", "pos")
 
-    def __init__(self, data: bytes, pos: int, end: int) -> None:
-        self.data = data
-        self.pos = pos
-        self.end = end
-
-    def take(self, size: int, what: str) -> bytes:
-        start = self.pos
-        stop = start + size
-        if stop > self.end:
-            raise RecordParseError(f"truncated {what}: need {size} bytes, {self.end - start} left")
-        self.pos = stop
-        return self.data[start:stop]
-
-    def uint(self, size: int, what: str) -> int:
-        return int.from_bytes(self.take(size, what), "big")
-
-    def vector(self, length_size: int, what: str) -> bytes:
-        return self.take(self.uint(length_size, f"{what} length"), what)
+def _truncated(what: str, need: int, left: int) -> RecordParseError:
+    return RecordParseError(f"truncated {what}: need {need} bytes, {max(left, 0)} left")
 
 
 def parse_client_hello(datagram: bytes) -> ClientHello:
@@ -94,62 +79,75 @@ def parse_client_hello(datagram: bytes) -> ClientHello:
     OpenSSL's own listener asks the same.
     """
     data = bytes(datagram)
-    header = _Reader(data, 0, len(data))
-    if header.uint(1, "record type") != HANDSHAKE:
+    size = len(data)
+    if size < _HEADERS_SIZE:
+        if size and data[0] != HANDSHAKE:
+            raise RecordParseError("not a handshake record")
+        raise _truncated("record and handshake headers", _HEADERS_SIZE, size)
+    (kind, version, epoch, sequence, record_length, msg_type, length, message_seq, offset,
+     fragment_length) = _HEADERS.unpack_from(data)  # fmt: skip
+    if kind != HANDSHAKE:
         raise RecordParseError("not a handshake record")
-    version = header.uint(2, "record version")
     if version >> 8 != _DTLS_MAJOR:
         raise RecordParseError(f"not a DTLS record (version 0x{version:04x})")
-    if header.uint(2, "epoch") != 0:
+    if epoch != 0:
         raise RecordParseError("a ClientHello is sent in epoch 0")
-    record_sequence = header.uint(6, "record sequence")
-    record_length = header.uint(2, "record length")
-    fragment = _Reader(data, header.pos, header.pos + record_length)
-    if fragment.end > len(data):
+    record_end = RECORD_HEADER_SIZE + record_length
+    if record_end > size:
         raise RecordParseError(
-            f"record length {record_length} exceeds the {len(data) - header.pos} bytes received"
+            f"record length {record_length} exceeds the {size - RECORD_HEADER_SIZE} bytes received"
         )
-
-    if fragment.uint(1, "handshake type") != CLIENT_HELLO:
+    if record_end < _HEADERS_SIZE:
+        raise _truncated("handshake header", HANDSHAKE_HEADER_SIZE, record_length)
+    if msg_type != CLIENT_HELLO:
         raise RecordParseError("not a ClientHello")
-    length = fragment.uint(3, "handshake length")
-    message_seq = fragment.uint(2, "message sequence")
-    offset = fragment.uint(3, "fragment offset")
-    fragment_length = fragment.uint(3, "fragment length")
-    if offset != 0 or fragment_length != length:
+    if offset != b"\0\0\0" or fragment_length != length:
         raise RecordParseError("fragmented ClientHello")
-    body = _Reader(data, fragment.pos, fragment.pos + length)
-    if body.end > fragment.end:
+    end = _HEADERS_SIZE + int.from_bytes(length, "big")
+    if end > record_end:
         raise RecordParseError("ClientHello longer than its record")
 
-    client_version = body.uint(2, "client_version")
+    pos = _HEADERS_SIZE + 34
+    if pos > end:
+        raise _truncated("client_version and random", 34, end - _HEADERS_SIZE)
+    client_version = (data[_HEADERS_SIZE] << 8) | data[_HEADERS_SIZE + 1]
     if client_version >> 8 != _DTLS_MAJOR:
         raise RecordParseError(f"not a DTLS ClientHello (version 0x{client_version:04x})")
-    random = body.take(32, "random")
-    session_id = body.vector(1, "session_id")
+    fields: list[bytes] = []
+    for what, length_size in _VECTORS:
+        start = pos + length_size
+        if start > end:
+            raise _truncated(f"{what} length", length_size, end - pos)
+        stop = start + int.from_bytes(data[pos:start], "big")
+        if stop > end:
+            raise _truncated(what, stop - start, end - start)
+        fields.append(data[start:stop])
+        pos = stop
+    session_id, cookie, cipher_suites, compression_methods = fields
     if len(session_id) > MAX_SESSION_ID:
         raise RecordParseError(f"session_id of {len(session_id)} bytes (at most 32)")
-    cookie = body.vector(1, "cookie")
-    cipher_suites = body.vector(2, "cipher_suites")
     if not cipher_suites or len(cipher_suites) % 2:
         raise RecordParseError(f"cipher_suites of {len(cipher_suites)} bytes")
-    compression_methods = body.vector(1, "compression_methods")
     if not compression_methods:
         raise RecordParseError("no compression_methods")
-    if body.pos != body.end:
-        body.vector(2, "extensions")  # OpenSSL parses them; we check they fit
-        if body.pos != body.end:
-            raise RecordParseError(f"{body.end - body.pos} stray bytes after the extensions")
+    # Extensions, if any: OpenSSL parses them; we check they fill the rest exactly.
+    if pos != end and (
+        pos + 2 > end or pos + 2 + int.from_bytes(data[pos : pos + 2], "big") != end
+    ):
+        raise RecordParseError("extensions do not fill the rest of the ClientHello")
     return ClientHello(
-        record_sequence=record_sequence,
-        message_seq=message_seq,
-        client_version=client_version,
-        random=random,
-        session_id=session_id,
-        cookie=cookie,
-        cipher_suites=cipher_suites,
-        compression_methods=compression_methods,
+        int.from_bytes(sequence, "big"),
+        message_seq,
+        client_version,
+        data[_HEADERS_SIZE + 2 : _HEADERS_SIZE + 34],
+        session_id,
+        cookie,
+        cipher_suites,
+        compression_methods,
     )
+
+
+_VECTORS = (("session_id", 1), ("cookie", 1), ("cipher_suites", 2), ("compression_methods", 1))
 
 
 def cookie_input(hello: ClientHello) -> bytes:
