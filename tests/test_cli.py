@@ -162,10 +162,12 @@ def test_port_in_use(pki: PKIFiles) -> None:
 
 
 @asynccontextmanager
-async def serving(cwd: Path, *flags: str) -> AsyncIterator[tuple[trio.Process, str]]:
+async def serving_without_stop(
+    *flags: str, cwd: Path = EMPTY_DIR
+) -> AsyncIterator[tuple[trio.Process, str]]:
     """`trio-tlsd serve` on an ephemeral loopback port: the process and its banner.
 
-    On the way out: SIGINT, and the process must exit 0 by itself.
+    Killed on the way out if still running.
     """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = await trio.lowlevel.open_process(
@@ -185,18 +187,21 @@ async def serving(cwd: Path, *flags: str) -> AsyncIterator[tuple[trio.Process, s
                 assert chunk, output
                 output += chunk
         yield process, output.decode()
-        process.send_signal(signal.SIGINT)
-        with trio.fail_after(10):
-            await process.wait()
-        rest = b""
-        while chunk := await process.stderr.receive_some():
-            rest += chunk
-        assert process.returncode == 0, rest
-        assert b"trio-tlsd: stopped." in rest, rest
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@asynccontextmanager
+async def serving(cwd: Path, *flags: str) -> AsyncIterator[tuple[trio.Process, str]]:
+    """As serving_without_stop; then SIGINT, and the process must exit 0 by itself."""
+    async with serving_without_stop(*flags, cwd=cwd) as (process, banner):
+        yield process, banner
+        process.send_signal(signal.SIGINT)
+        rest = await _read_until_exit(process)
+        assert process.returncode == 0, rest
+        assert "trio-tlsd: drained:" in rest, rest
 
 
 def bound_port(banner: str, proto: str) -> int:
@@ -277,3 +282,97 @@ def test_cookie_secret_command(tmp_path: Path, pki: PKIFiles) -> None:
         "--cookie-secret-file", str(short),
     )  # fmt: skip
     assert_one_line_error(result, str(short), "at least 32")
+
+
+async def _read_until_exit(process: trio.Process) -> str:
+    assert process.stderr is not None
+    rest = b""
+    with trio.fail_after(15):
+        while chunk := await process.stderr.receive_some():
+            rest += chunk
+        await process.wait()
+    return rest.decode()
+
+
+async def test_sigterm_drains_open_connections(pki: PKIFiles) -> None:
+    flags = ["--cert", str(pki.server_cert), "--key", str(pki.server_key)]
+    async with serving_without_stop(*flags) as (process, banner):
+        port = bound_port(banner, "tcp")
+        stream = await open_tls_stream("127.0.0.1", port, settings=pki.client_settings())
+        await stream.send_all(b"ping")
+        assert await stream.receive_some() == b"ping"
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await stream.receive_some() == b""  # the server's close_notify
+        await stream.aclose()  # the handler's peer closes: the drain completes
+        rest = await _read_until_exit(process)
+        assert process.returncode == 0, rest
+        assert "SIGTERM received: draining 1 open" in rest
+        assert "trio-tlsd: drained: TLS: 1 connections, 1 handshakes ok" in rest
+        assert "0 still open when stopped" in rest
+
+
+async def test_second_signal_stops_at_once(pki: PKIFiles) -> None:
+    flags = ["--cert", str(pki.server_cert), "--key", str(pki.server_key), "--tls-only"]
+    async with serving_without_stop(*flags) as (process, banner):
+        port = bound_port(banner, "tcp")
+        stream = await open_tls_stream("127.0.0.1", port, settings=pki.client_settings())
+        await stream.send_all(b"ping")
+        assert await stream.receive_some() == b"ping"
+        process.send_signal(signal.SIGINT)
+        assert await stream.receive_some() == b""  # draining; we do not close
+        process.send_signal(signal.SIGINT)
+        rest = await _read_until_exit(process)
+        assert process.returncode == 1, rest
+        assert "stopped at once by a second signal" in rest
+        assert "1 still open when stopped" in rest
+        await stream.aclose()
+
+
+async def _read_until(process: trio.Process, marker: bytes) -> bytes:
+    assert process.stderr is not None
+    seen = b""
+    with trio.fail_after(10):
+        while marker not in seen:
+            chunk = await process.stderr.receive_some()
+            assert chunk, seen
+            seen += chunk
+    return seen
+
+
+async def test_sighup_reloads_the_certificate(pki: PKIFiles, tmp_path: Path) -> None:
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_bytes(pki.server_cert.read_bytes())
+    key.write_bytes(pki.server_key.read_bytes())
+    key.chmod(0o600)
+    flags = ["--cert", str(cert), "--key", str(key), "--tls-only"]
+    async with serving(tmp_path, *flags) as (process, banner):
+        port = bound_port(banner, "tcp")
+        fresh = pki.pki.issue_server()
+        cert.write_bytes(fresh.cert_pem)
+        key.write_bytes(fresh.key_pem)
+        process.send_signal(signal.SIGHUP)
+        await _read_until(process, b"reloaded certificates")
+        stream = await open_tls_stream("127.0.0.1", port, settings=pki.client_settings())
+        assert stream.info.certificate is not None
+        assert stream.info.certificate.serial_number == fresh.cert.serial_number
+        await stream.aclose()
+        key.write_text("garbage\n")
+        process.send_signal(signal.SIGHUP)
+        log = await _read_until(process, b"reload failed")
+        assert str(key).encode() in log
+
+
+async def test_drain_timeout_cuts_connections_that_stay(pki: PKIFiles) -> None:
+    flags = ["--cert", str(pki.server_cert), "--key", str(pki.server_key)]
+    async with serving_without_stop(*flags, "--drain-timeout", "0.5") as (process, banner):
+        port = bound_port(banner, "tcp")
+        stream = await open_tls_stream("127.0.0.1", port, settings=pki.client_settings())
+        await stream.send_all(b"ping")
+        assert await stream.receive_some() == b"ping"
+        process.send_signal(signal.SIGTERM)
+        rest = await _read_until_exit(process)  # we never close: the timeout does
+        assert process.returncode == 0, rest
+        assert "trio-tlsd: drained:" in rest
+        assert "1 still open when stopped" in rest
+        await stream.aclose()

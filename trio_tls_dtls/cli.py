@@ -182,6 +182,13 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--max-connections", type=_positive_int, default=1024, metavar="N", help="default: 1024"
     )
+    p.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="on SIGINT/SIGTERM, how long open connections get to finish (default: 10)",
+    )
     dtls = p.add_argument_group("DTLS")
     dtls.add_argument(
         "--mtu",
@@ -267,6 +274,7 @@ def _server_settings(args: argparse.Namespace) -> tuple[ServerSettings, bool]:
         handshake_timeout=args.handshake_timeout,
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
+        drain_timeout=args.drain_timeout,
         mtu=args.mtu,
         max_peers=args.max_peers,
         cookie_secret_file=args.cookie_secret_file,
@@ -295,11 +303,12 @@ def connect_hint(port: int, settings: ServerSettings, dev: bool, *, dtls: bool =
     return " ".join(parts)
 
 
-async def _serve(args: argparse.Namespace, service: Service, dev: bool) -> None:
+async def _serve(args: argparse.Namespace, service: Service, dev: bool) -> int:
     # Bind before starting any task, so a port in use is a plain ListenError.
     await service.bind(args.port, args.host)
-    open_at_stop = service.summary()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    forced = False
+    left = [0]  # connections and peers still open when we stopped them
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
             print(f"trio-tlsd: serving echo: {service.describe()}", file=sys.stderr)
@@ -308,20 +317,46 @@ async def _serve(args: argparse.Namespace, service: Service, dev: bool) -> None:
                     hint = connect_hint(service.port, service.settings, dev, dtls=is_dtls)
                     print(f"connect with: {hint}", file=sys.stderr)
             sys.stderr.flush()
+            draining = False
             async for signum in signals:
-                logger.info("%s received: stopping", signal.Signals(signum).name)
-                open_at_stop = service.summary()
-                nursery.cancel_scope.cancel()
-                break
-    print(f"trio-tlsd: stopped. When stopped: {open_at_stop}", file=sys.stderr)
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    service.reload()
+                    continue
+                if draining:
+                    logger.warning("%s received again: stopping now", name)
+                    forced = True
+                    left[0] = service.open_count()
+                    nursery.cancel_scope.cancel()
+                    break
+                draining = True
+                logger.info(
+                    "%s received: draining %d open (up to %gs; again to stop now)",
+                    name,
+                    service.open_count(),
+                    service.settings.drain_timeout,
+                )
+                nursery.start_soon(_drain_then_stop, service, nursery.cancel_scope, left)
+    how = "stopped at once by a second signal" if forced else "drained"
+    print(
+        f"trio-tlsd: {how}: {service.summary()}; {left[0]} still open when stopped",
+        file=sys.stderr,
+    )
+    return 1 if forced else 0
+
+
+async def _drain_then_stop(service: Service, scope: trio.CancelScope, left: list[int]) -> None:
+    with trio.move_on_after(service.settings.drain_timeout):
+        await service.drain()
+    left[0] = service.open_count()
+    scope.cancel()
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     settings, dev = _server_settings(args)
     # Contexts and the cookie secret are built here: bad files fail before binding.
     service = Service(settings, tls=not args.dtls_only, dtls=not args.tls_only)
-    trio.run(_serve, args, service, dev)
-    return 0
+    return trio.run(_serve, args, service, dev)
 
 
 def _configure_logging(level: str) -> None:

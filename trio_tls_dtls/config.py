@@ -197,6 +197,8 @@ class ServerSettings:
     handshake_timeout: float = 10.0
     idle_timeout: float | None = 300.0
     max_connections: int = 1024
+    drain_timeout: float = 10.0
+    """On shutdown, how long handlers get to finish after close_notify."""
     offload: OffloadSettings = field(default_factory=OffloadSettings)
     # DTLS only.
     mtu: int = DEFAULT_DTLS_MTU
@@ -230,6 +232,7 @@ class ServerSettings:
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
         _set(self, "idle_timeout", _optional_positive(self.idle_timeout, "idle_timeout"))
         _count(self.max_connections, "max_connections")
+        _set(self, "drain_timeout", _positive(self.drain_timeout, "drain_timeout"))
         _mtu(self.mtu)
         _count(self.max_peers, "max_peers")
         _count(self.peer_queue_size, "peer_queue_size")

@@ -11,6 +11,7 @@ be left out.
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -18,14 +19,17 @@ import trio
 from OpenSSL import SSL
 
 from .config import ServerSettings
+from .context import build_server_context
 from .dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler, open_udp_sockets
-from .errors import ConfigError, ListenError
+from .errors import ConfigError, ListenError, TLSDError
 from .info import Address, format_address
 from .listen import normalize_address, open_tcp_listeners
 from .offload import CryptoOffload
 from .tls.server import TLSHandler, TLSServer, echo_handler
 
 __all__ = ["Service", "serve"]
+
+logger = logging.getLogger(__name__)
 
 # With port 0, the kernel picks the TCP port; the UDP socket then asks for the
 # same number, which another program may hold. Try a few times.
@@ -63,6 +67,8 @@ class Service:
         self._sockets: list[trio.socket.SocketType] = []
         self.tls_addresses: list[Address] = []
         self.dtls_addresses: list[Address] = []
+        self.reloads = 0
+        self.reloads_failed = 0
 
     @property
     def port(self) -> int:
@@ -126,6 +132,47 @@ class Service:
             await trio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def reload(self) -> bool:
+        """Re-read certificates and keys from disk for new handshakes.
+
+        Established connections and peers keep the session they have. If a
+        file is missing or bad, the old certificates stay in use, the reason
+        is logged, and this returns False.
+        """
+        try:
+            tls = build_server_context(self.settings) if self.tls is not None else None
+            dtls = build_server_context(self.settings, dtls=True) if self.dtls is not None else None
+        except TLSDError as exc:
+            self.reloads_failed += 1
+            logger.error("reload failed, keeping the old certificates: %s", exc)
+            return False
+        if self.tls is not None and tls is not None:
+            self.tls.context = tls
+        if self.dtls is not None and dtls is not None:
+            self.dtls.context = dtls
+        self.reloads += 1
+        logger.info("reloaded certificates and keys from disk")
+        return True
+
+    async def drain(self) -> None:
+        """Stop taking new connections and peers, close_notify everyone, wait for handlers.
+
+        Bound it with ``trio.move_on_after(settings.drain_timeout)``;
+        :meth:`open_count` then says how many were still open, and
+        cancelling :meth:`run` cuts them.
+        """
+        async with trio.open_nursery() as nursery:
+            if self.tls is not None:
+                nursery.start_soon(self.tls.drain)
+            if self.dtls is not None:
+                nursery.start_soon(self.dtls.drain)
+
+    def open_count(self) -> int:
+        """TLS connections plus DTLS peers open right now."""
+        tls = self.tls.stats.active if self.tls is not None else 0
+        dtls = self.dtls.stats.peers_active if self.dtls is not None else 0
+        return tls + dtls
+
     def summary(self) -> str:
         """One line: what was served."""
         parts = []
@@ -133,13 +180,13 @@ class Service:
             s = self.tls.stats
             parts.append(
                 f"TLS: {s.accepted} connections, {s.handshakes_ok} handshakes ok, "
-                f"{sum(s.handshakes_failed.values())} failed, {s.active} open"
+                f"{sum(s.handshakes_failed.values())} failed"
             )
         if self.dtls is not None:
             d = self.dtls.stats
             parts.append(
                 f"DTLS: {d.peers_total} peers, {d.handshakes_ok} handshakes ok, "
-                f"{sum(d.handshakes_failed.values())} failed, {d.peers_active} open"
+                f"{sum(d.handshakes_failed.values())} failed"
             )
         return "; ".join(parts)
 

@@ -290,6 +290,19 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         except HandshakeError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
 
+    async def send_close_notify(self) -> None:
+        """Send close_notify now but keep receiving (for a graceful drain).
+
+        The peer learns we are done; ``receive`` keeps returning what it
+        still sends until its own close_notify (``trio.EndOfChannel``).
+        """
+        with self._send_conflict:
+            self._check_usable()
+            if not self._handshake_done:
+                raise trio.BrokenResourceError("no DTLS session to close yet")
+            await self._engine_inline(self._engine.close)
+            await self._flush_best_effort()
+
     async def aclose(self) -> None:
         """Send close_notify (best effort: it is one datagram) and release the link."""
         if self._closed:

@@ -81,12 +81,13 @@ class DTLSServerStats:
 class _Peer:
     """A peer-table entry: its queue, its task's cancel scope, its ClientHello."""
 
-    __slots__ = ("hello_id", "link", "scope")
+    __slots__ = ("channel", "hello_id", "link", "scope")
 
     def __init__(self, link: PeerLink, hello_id: bytes) -> None:
         self.link = link
         self.hello_id = hello_id
         self.scope = trio.CancelScope()
+        self.channel: DTLSChannel | None = None
 
     def stop(self) -> None:
         self.scope.cancel()
@@ -131,6 +132,9 @@ class DTLSServer:
         self.stats = DTLSServerStats()
         self.peers: PeerTable[tuple[int, Address], _Peer] = PeerTable(settings.max_peers)
         self.sockets: list[trio.socket.SocketType] = []
+        self.admitting = True
+        """False once draining: no new peers, only the existing ones are served."""
+        self._peer_ended = trio.Event()
 
     @property
     def addresses(self) -> list[Address]:
@@ -154,6 +158,22 @@ class DTLSServer:
             for sock in sockets:
                 sock.close()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def drain(self) -> None:
+        """Admit no new peers, send close_notify to every peer, wait for handlers.
+
+        Returns once every peer task has ended (a peer ends when it answers
+        with its own close_notify, or its handler returns). Bound it with
+        ``trio.move_on_after``; ``stats.peers_active`` tells how many were
+        left, and cancelling :meth:`serve` cuts them.
+        """
+        self.admitting = False
+        async with trio.open_nursery() as nursery:
+            for peer in self.peers.values():
+                nursery.start_soon(_say_goodbye, peer)
+        while self.stats.peers_active:
+            await self._peer_ended.wait()
+            self._peer_ended = trio.Event()
 
     # -- the receive loop ----------------------------------------------------------
 
@@ -204,6 +224,9 @@ class DTLSServer:
     ) -> None:
         """The cookie gate (and, for a known address, retransmit vs. restart)."""
         address = key[1]
+        if not self.admitting:
+            self.stats.dropped["draining"] += 1
+            return
         if datagram[0] != _HANDSHAKE:
             self.stats.dropped["not_handshake"] += 1
             return
@@ -284,6 +307,7 @@ class DTLSServer:
     async def _peer_task(self, key: tuple[int, Address], peer: _Peer, engine: DTLSEngine) -> None:
         address = key[1]
         channel = DTLSChannel(peer.link, engine, offload=self.offload, peer_address=address)
+        peer.channel = channel
         try:
             with peer.scope:
                 info = await self._handshake(channel, address)
@@ -297,6 +321,7 @@ class DTLSServer:
         finally:
             self.peers.remove(key, peer)
             self.stats.peers_active -= 1
+            self._peer_ended.set()
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await channel.aclose()
 
@@ -332,6 +357,21 @@ class DTLSServer:
         if scope.cancelled_caught:
             self.stats.idle_timeouts += 1
             logger.info("DTLS peer %s idle for %gs: removed", format_address(info.address), timeout)
+
+
+async def _say_goodbye(peer: _Peer) -> None:
+    """close_notify for a drain; a peer still in its handshake is cut instead."""
+    channel = peer.channel
+    if channel is None or not channel.handshake_done:
+        peer.stop()
+        return
+    with trio.move_on_after(CLOSE_TIMEOUT):
+        try:
+            await channel.send_close_notify()
+        except trio.BusyResourceError:  # the handler is sending: the drain timeout decides
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            peer.stop()
 
 
 def _cookie_secrets(settings: ServerSettings) -> CookieSecrets:

@@ -14,7 +14,6 @@ import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import NoReturn
 
 import trio
 from OpenSSL import SSL
@@ -38,6 +37,10 @@ TLSHandler = Callable[[TLSStream, PeerInfo], Awaitable[object]]
 
 # How long a connection may take to say goodbye (our close_notify) after the
 # handler returns, before the socket is simply closed.
+_GOODBYE_ATTEMPTS = 20
+_GOODBYE_RETRY = 0.05
+_GOODBYE_ATTEMPTS = 20
+_GOODBYE_RETRY = 0.05
 CLOSE_TIMEOUT = 2.0
 
 # Accept errors that mean "out of resources right now": pause, don't die.
@@ -80,6 +83,10 @@ class TLSServer:
         self.offload = offload if offload is not None else CryptoOffload(settings.offload)
         self.stats = TLSServerStats()
         self.listeners: list[trio.SocketListener] = []
+        self._accepting = trio.CancelScope()
+        # Open connections, with the scope that cuts each one short.
+        self._connections: dict[TLSStream, trio.CancelScope] = {}
+        self._connection_ended = trio.Event()
 
     @property
     def addresses(self) -> list[Address]:
@@ -91,15 +98,34 @@ class TLSServer:
         listeners: list[trio.SocketListener],
         *,
         task_status: trio.TaskStatus[TLSServer] = trio.TASK_STATUS_IGNORED,
-    ) -> NoReturn:
-        """Accept on *listeners* until cancelled."""
+    ) -> None:
+        """Accept on *listeners* until cancelled, or until :meth:`drain` stops it.
+
+        After a drain it returns once every connection has ended.
+        """
         self.listeners = listeners
+        async with trio.open_nursery() as connections:
+            with self._accepting:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept_loop, listener, connections)
+                    task_status.started(self)
+
+    async def drain(self) -> None:
+        """Stop accepting, send close_notify on every connection, wait for handlers.
+
+        Returns once every connection has ended (the peers see the end of
+        our data and close). Bound it with ``trio.move_on_after``; then
+        ``stats.active`` tells how many were left, and cancelling
+        :meth:`serve` cuts them.
+        """
+        self._accepting.cancel()
         async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, nursery)
-            task_status.started(self)
-            await trio.sleep_forever()
-        raise AssertionError("unreachable")  # pragma: no cover
+            for stream, scope in list(self._connections.items()):
+                nursery.start_soon(_say_goodbye, stream, scope)
+        while self.stats.active:
+            await self._connection_ended.wait()
+            self._connection_ended = trio.Event()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         async with listener:
@@ -129,6 +155,7 @@ class TLSServer:
         finally:
             self.stats.active -= 1
             self.stats.closed += 1
+            self._connection_ended.set()
 
     async def _serve_connection(self, transport: trio.SocketStream) -> None:
         try:
@@ -139,16 +166,19 @@ class TLSServer:
         stream = TLSStream(
             transport, TLSEngine.server(self.context), offload=self.offload, peer_address=address
         )
+        scope = self._connections[stream] = trio.CancelScope()
         try:
-            info = await self._handshake(stream, address)
-            if info is not None:
-                await self._run_handler(stream, info)
+            with scope:
+                info = await self._handshake(stream, address)
+                if info is not None:
+                    await self._run_handler(stream, info)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             logger.info("connection from %s ended: %s", format_address(address), exc)
         except Exception:
             self.stats.handler_errors += 1
             logger.exception("handler failed for %s", format_address(address))
         finally:
+            del self._connections[stream]
             # aclose closes the socket even when this deadline cancels it.
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await stream.aclose()
@@ -190,6 +220,22 @@ class TLSServer:
             )
 
 
+async def _say_goodbye(stream: TLSStream, scope: trio.CancelScope) -> None:
+    """close_notify for a drain; a connection still in its handshake is cut instead."""
+    if not stream.handshake_done:
+        scope.cancel()
+        return
+    for _ in range(_GOODBYE_ATTEMPTS):
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await stream.send_close_notify()
+            return
+        except trio.BusyResourceError:  # the handler is sending: let it finish
+            await trio.sleep(_GOODBYE_RETRY)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+
 async def echo_handler(stream: TLSStream, peer: PeerInfo) -> None:
     """Send back every byte received until the peer closes."""
     while data := await stream.receive_some():
@@ -204,12 +250,13 @@ async def serve_tls(
     settings: ServerSettings,
     offload: CryptoOffload | None = None,
     task_status: trio.TaskStatus[TLSServer] = trio.TASK_STATUS_IGNORED,
-) -> NoReturn:
+) -> None:
     """Serve TLS on *host*:*port*, running ``await handler(stream, peer)`` per connection.
 
     ``host=None`` listens on every local address. ``nursery.start(serve_tls,
     ...)`` returns the :class:`TLSServer` once it is listening (its
-    ``addresses`` tell the port when *port* is 0). Runs until cancelled.
+    ``addresses`` tell the port when *port* is 0). Runs until cancelled, or
+    until a :meth:`TLSServer.drain` has finished.
     Raises :class:`~trio_tls_dtls.errors.ListenError` if it cannot bind and
     :class:`~trio_tls_dtls.errors.ConfigError` for bad settings or files.
     """
