@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 
@@ -28,6 +28,7 @@ from .config import (
     ServerSettings,
     VerifyClient,
 )
+from .config_file import DEFAULT_PORT, DEFAULTS, load_config_file, render_options
 from .dtls.cookie import write_secret_file
 from .errors import TLSDError
 from .service import Service
@@ -36,7 +37,7 @@ __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("trio_tls_dtls.cli")
 
-DEFAULT_PORT = 4433
+
 DEFAULT_CERT_DIR = Path("certs")
 EXIT_USAGE = 2
 
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_certs(commands)
     _add_serve(commands)
     _add_cookie_secret(commands)
+    _add_check_config(commands)
     return parser
 
 
@@ -138,19 +140,22 @@ def _add_certs(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
+    # No argparse defaults: a flag that is not given must not override the
+    # config file. The defaults live in config_file.DEFAULTS.
     p = commands.add_parser(
         "serve",
         help="serve TLS and DTLS echo",
         description="Serve echo over TLS (TCP) and DTLS (UDP) on the same port number. "
-        "Without --cert/--key, uses ./certs (made on first run).",
+        "Without --cert/--key, uses ./certs (made on first run). "
+        "Flags override the --config file.",
+        argument_default=argparse.SUPPRESS,
     )
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML file of these options")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--tls-only", action="store_true", help="serve TLS over TCP only")
     only.add_argument("--dtls-only", action="store_true", help="serve DTLS over UDP only")
-    p.add_argument("--host", default="localhost", help="address to listen on (default: localhost)")
-    p.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
-    )
+    p.add_argument("--host", help="address to listen on (default: localhost)")
+    p.add_argument("--port", type=_port, help=f"port (default: {DEFAULT_PORT})")
     p.add_argument("--cert", type=Path, help="certificate chain file (PEM)")
     p.add_argument("--key", type=Path, help="private key file (PEM)")
     p.add_argument("--key-password-file", type=Path, help="file holding the key's passphrase")
@@ -158,34 +163,24 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--verify-client",
         choices=[v.value for v in VerifyClient],
-        default="none",
         help="ask for client certificates (default: none)",
     )
     p.add_argument(
-        "--min-version", choices=["1.2", "1.3"], default="1.2", help="lowest TLS version"
+        "--min-version", choices=["1.2", "1.3"], help="lowest TLS version (default: 1.2)"
     )
     p.add_argument("--alpn", action="append", metavar="PROTO", help="ALPN protocol (repeatable)")
     p.add_argument(
         "--keylog-file", type=Path, help="append TLS secrets here (SSLKEYLOGFILE format)"
     )
     p.add_argument("--no-session-tickets", action="store_true", help="disable session resumption")
+    p.add_argument("--handshake-timeout", type=_seconds, metavar="S", help="default: 10")
     p.add_argument(
-        "--handshake-timeout", type=_seconds, default=10.0, metavar="S", help="default: 10"
+        "--idle-timeout", type=_optional_seconds, metavar="S", help="default: 300; 0 = none"
     )
-    p.add_argument(
-        "--idle-timeout",
-        type=_optional_seconds,
-        default=300.0,
-        metavar="S",
-        help="default: 300; 0 = none",
-    )
-    p.add_argument(
-        "--max-connections", type=_positive_int, default=1024, metavar="N", help="default: 1024"
-    )
+    p.add_argument("--max-connections", type=_positive_int, metavar="N", help="default: 1024")
     p.add_argument(
         "--drain-timeout",
         type=_seconds,
-        default=10.0,
         metavar="S",
         help="on SIGINT/SIGTERM, how long open connections get to finish (default: 10)",
     )
@@ -193,13 +188,10 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     dtls.add_argument(
         "--mtu",
         type=_mtu,
-        default=DEFAULT_DTLS_MTU,
         metavar="BYTES",
         help=f"largest datagram sent (default: {DEFAULT_DTLS_MTU})",
     )
-    dtls.add_argument(
-        "--max-peers", type=_positive_int, default=1024, metavar="N", help="default: 1024"
-    )
+    dtls.add_argument("--max-peers", type=_positive_int, metavar="N", help="default: 1024")
     dtls.add_argument(
         "--cookie-secret-file",
         type=Path,
@@ -207,6 +199,17 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="cookie master secret shared by several servers (see: trio-tlsd cookie-secret)",
     )
     p.set_defaults(run=_run_serve)
+
+
+def _add_check_config(commands: argparse._SubParsersAction[_Parser]) -> None:
+    p = commands.add_parser(
+        "check-config",
+        help="validate a config file and print the effective configuration",
+        description="Check FILE (TOML) as `serve --config FILE` would, load its certificates "
+        "and keys, and print every option with its effective value.",
+    )
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.set_defaults(run=_run_check_config)
 
 
 def _add_cookie_secret(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -246,40 +249,71 @@ def _read_password(path: Path | None) -> bytes | None:
         raise TLSDError(f"cannot read key password file {path}: {exc.strerror}") from None
 
 
-def _server_settings(args: argparse.Namespace) -> tuple[ServerSettings, bool]:
-    """ServerSettings from the flags; the bool says if the development PKI is used."""
-    if (args.cert is None) != (args.key is None):
-        raise TLSDError("--cert and --key go together: give both or neither")
-    ca = args.ca
-    dev = args.cert is None
+def _serve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, then the --config file, then the flags given."""
+    options = dict(DEFAULTS)
+    config = getattr(args, "config", None)
+    if config is not None:
+        options.update(load_config_file(config))
+    flags = {k: v for k, v in vars(args).items() if k in DEFAULTS}
+    options.update(flags)
+    if getattr(args, "no_session_tickets", False):
+        options["session_tickets"] = False
+    if getattr(args, "tls_only", False):
+        options["protocols"] = ["tls"]
+    if getattr(args, "dtls_only", False):
+        options["protocols"] = ["dtls"]
+    return options
+
+
+def _settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[ServerSettings, bool]:
+    """ServerSettings from the options; the bool says if the development PKI is used."""
+    if (options["cert"] is None) != (options["key"] is None):
+        raise TLSDError("--cert and --key (cert and key) go together: give both or neither")
+    ca = options["ca"]
+    dev = options["cert"] is None
     if dev:
-        if ensure_dev_pki(DEFAULT_CERT_DIR):
+        if make_dev_pki and ensure_dev_pki(DEFAULT_CERT_DIR):
             logger.warning(
                 "no --cert/--key given: created a development PKI in %s/ (not for production)",
                 DEFAULT_CERT_DIR,
             )
         cert, key = DEFAULT_CERT_DIR / "server.pem", DEFAULT_CERT_DIR / "server.key"
-        if ca is None and args.verify_client != "none":
+        if ca is None and options["verify_client"] != "none":
             ca = DEFAULT_CERT_DIR / "ca.pem"
     else:
-        cert, key = args.cert, args.key
+        cert, key = options["cert"], options["key"]
     settings = ServerSettings(
-        certificate=CertificateSettings(cert, key, _read_password(args.key_password_file)),
+        certificate=CertificateSettings(cert, key, _read_password(options["key_password_file"])),
         ca_file=ca,
-        verify_client=VerifyClient(args.verify_client),
-        min_version=args.min_version,
-        alpn=tuple(args.alpn or ()),
-        keylog_file=args.keylog_file,
-        session_tickets=not args.no_session_tickets,
-        handshake_timeout=args.handshake_timeout,
-        idle_timeout=args.idle_timeout,
-        max_connections=args.max_connections,
-        drain_timeout=args.drain_timeout,
-        mtu=args.mtu,
-        max_peers=args.max_peers,
-        cookie_secret_file=args.cookie_secret_file,
+        verify_client=VerifyClient(options["verify_client"]),
+        min_version=options["min_version"],
+        alpn=tuple(options["alpn"] or ()),
+        keylog_file=options["keylog_file"],
+        session_tickets=options["session_tickets"],
+        handshake_timeout=options["handshake_timeout"],
+        idle_timeout=options["idle_timeout"],
+        max_connections=options["max_connections"],
+        drain_timeout=options["drain_timeout"],
+        mtu=options["mtu"],
+        max_peers=options["max_peers"],
+        cookie_secret_file=options["cookie_secret_file"],
     )
     return settings, dev
+
+
+def _run_check_config(args: argparse.Namespace) -> int:
+    options = dict(DEFAULTS)
+    options.update(load_config_file(args.file))
+    settings, dev = _settings_from(options, make_dev_pki=False)
+    if dev and not (DEFAULT_CERT_DIR / "server.pem").exists():
+        print("# no cert/key: `serve` would create a development PKI in ./certs")
+    else:
+        # Load every certificate, key and secret, as serve would.
+        Service(settings, tls="tls" in options["protocols"], dtls="dtls" in options["protocols"])
+    print(render_options(options))
+    print(f"{args.file}: OK", file=sys.stderr)
+    return 0
 
 
 def _run_cookie_secret(args: argparse.Namespace) -> int:
@@ -303,9 +337,9 @@ def connect_hint(port: int, settings: ServerSettings, dev: bool, *, dtls: bool =
     return " ".join(parts)
 
 
-async def _serve(args: argparse.Namespace, service: Service, dev: bool) -> int:
+async def _serve(options: dict[str, Any], service: Service, dev: bool) -> int:
     # Bind before starting any task, so a port in use is a plain ListenError.
-    await service.bind(args.port, args.host)
+    await service.bind(options["port"], options["host"])
     forced = False
     left = [0]  # connections and peers still open when we stopped them
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
@@ -353,10 +387,12 @@ async def _drain_then_stop(service: Service, scope: trio.CancelScope, left: list
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    settings, dev = _server_settings(args)
+    options = _serve_options(args)
+    settings, dev = _settings_from(options, make_dev_pki=True)
     # Contexts and the cookie secret are built here: bad files fail before binding.
-    service = Service(settings, tls=not args.dtls_only, dtls=not args.tls_only)
-    return trio.run(_serve, args, service, dev)
+    protocols = options["protocols"]
+    service = Service(settings, tls="tls" in protocols, dtls="dtls" in protocols)
+    return trio.run(_serve, options, service, dev)
 
 
 def _configure_logging(level: str) -> None:
