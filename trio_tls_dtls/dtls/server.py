@@ -205,6 +205,9 @@ class DTLSServer:
         if len(datagram) > MAX_DTLS_DATAGRAM:
             self.stats.dropped["oversized"] += 1
             return
+        if not datagram:
+            self.stats.dropped["empty"] += 1
+            return
         key = (index, address)
         peer = self.peers.get(key)
         if peer is not None and not _looks_like_client_hello(datagram):
