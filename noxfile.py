@@ -59,3 +59,17 @@ def tests(session: nox.Session, deps: str) -> None:
 def docs(session: nox.Session) -> None:
     session.install(".[docs]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (W1..W8); not in the default sessions.
+
+    ``nox -s bench`` runs the full suite (a few minutes) and updates
+    docs/performance.rst; ``nox -s bench -- --quick`` runs a short one and
+    writes benchmarks/results/ only. Other arguments go to benchmarks/suite.py.
+    """
+    session.install(".[plot]")
+    session.run("python", "-c", REPORT_VERSIONS)
+    args = session.posargs or ["--update-docs"]
+    session.run("python", "benchmarks/suite.py", *args)

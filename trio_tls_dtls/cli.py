@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_cookie_secret(commands)
     _add_check_config(commands)
+    from . import bench, client_cmd  # their own modules own their flags
+
+    client_cmd.add_parser(commands)
+    bench.add_parser(commands)
     return parser
 
 
