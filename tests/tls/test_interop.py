@@ -382,8 +382,13 @@ _ACCEPT_LINE = re.compile(rb"^ACCEPT 127\.0\.0\.1:(\d+)$", re.MULTILINE)
 
 
 @asynccontextmanager
-async def s_server(pki: PKIFiles, *extra: str) -> AsyncIterator[tuple[OpenSSLProcess, int]]:
+async def s_server(
+    pki: PKIFiles, *extra: str, reverse: bool = True
+) -> AsyncIterator[tuple[OpenSSLProcess, int]]:
     """``s_server -rev`` for one connection, and the port it listens on.
+
+    ``reverse=False`` leaves out ``-rev`` (DTLS cannot use it): then
+    s_server prints what it receives and sends what is written to its stdin.
 
     With ``-accept 127.0.0.1:0`` OpenSSL 3.0 binds an ephemeral port and
     prints it ("ACCEPT 127.0.0.1:PORT", flushed), so there is no
@@ -396,7 +401,7 @@ async def s_server(pki: PKIFiles, *extra: str) -> AsyncIterator[tuple[OpenSSLPro
         "127.0.0.1:0",
         "-naccept",
         "1",
-        "-rev",
+        *(["-rev"] if reverse else []),
         "-cert",
         str(pki.server_cert),
         "-key",
