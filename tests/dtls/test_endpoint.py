@@ -174,8 +174,11 @@ async def test_loss_duplication_and_reordering(pki: PKIFiles) -> None:
             await channel.send(message)
 
     rng = random.Random(20261123)
-    settings = pki.client_settings(handshake_timeout=30.0)
-    async with running_dtls_server(pki.server_settings(), recording_echo) as server:
+    # At 20 % loss each way a handshake flight can need several retransmits
+    # (1 s, 2 s, 4 s ...); the server must wait at least as long as the client.
+    settings = pki.client_settings(handshake_timeout=60.0)
+    server_settings = pki.server_settings(handshake_timeout=60.0)
+    async with running_dtls_server(server_settings, recording_echo) as server:
         listen = await udp_socket()
         async with trio.open_nursery() as nursery:
             await nursery.start(
