@@ -30,10 +30,6 @@ from .info import Address, PeerInfo
 
 __all__ = ["DTLSEngine", "TLSEngine", "openssl_reason", "pack_datagrams", "split_records"]
 
-# One bio_read of this size drains the outgoing BIO in the common case; a
-# 16 KiB record is 16 KiB + 29 bytes of ciphertext, so this holds several.
-_BIO_READ_SIZE = 256 * 1024
-
 
 def openssl_reason(exc: BaseException) -> str:
     """OpenSSL's reason text from a pyOpenSSL exception, e.g. 'certificate verify failed'."""
@@ -53,8 +49,20 @@ class TLSEngine:
     Context (see :mod:`trio_tls_dtls.context`).
     """
 
-    __slots__ = ("_conn", "_handshake_done", "_peer_closed", "_sent_close", "server_side")
+    __slots__ = (
+        "_conn",
+        "_eof",
+        "_handshake_done",
+        "_peer_closed",
+        "_sent_close",
+        "_sent_flight",
+        "server_side",
+    )
     _name = "TLS"
+    # With TLS, OpenSSL reads one record at a time from the input BIO, so
+    # nothing fed and nothing decrypted means nothing to read. (DTLS reads a
+    # whole datagram ahead and may hold unread records we cannot see.)
+    _skip_empty_reads = True
 
     def __init__(self, conn: SSL.Connection, *, server_side: bool) -> None:
         self._conn = conn
@@ -62,6 +70,8 @@ class TLSEngine:
         self._handshake_done = False
         self._peer_closed = False
         self._sent_close = False
+        self._sent_flight = False
+        self._eof = False
 
     @classmethod
     def server(cls, context: SSL.Context) -> TLSEngine:
@@ -118,25 +128,34 @@ class TLSEngine:
 
     def receive_eof(self) -> None:
         """The transport ended. A later read without close_notify is a truncation."""
+        self._eof = True
         self._conn.bio_shutdown()
 
     def bytes_to_send(self) -> bytes:
         """All ciphertext waiting to go to the peer (b"" if none)."""
         conn = self._conn
-        try:
-            data = conn.bio_read(_BIO_READ_SIZE)
-        except SSL.WantReadError:
+        waiting = _ossl.ciphertext_waiting(conn)
+        if not waiting:
             return b""
-        if len(data) < _BIO_READ_SIZE:
-            return data
-        parts = [data]
-        while True:
-            try:
-                parts.append(conn.bio_read(_BIO_READ_SIZE))
-            except SSL.WantReadError:
-                return b"".join(parts)
+        self._sent_flight = True
+        return conn.bio_read(waiting)
 
     # -- handshake -------------------------------------------------------------
+
+    def next_step_is_costly(self) -> bool:
+        """Whether the next :meth:`do_handshake` call is likely to do public-key work.
+
+        A server's expensive step is the one that answers the ClientHello
+        (key exchange and signature: ≈ 250 µs for ECDSA P-256), so every
+        step until it has produced its first flight counts; after that only
+        verifying a client certificate costs as much (≈ 350 µs), while
+        reading the client's Finished and issuing tickets is ≈ 50 µs, less
+        than a thread hop. A client's later steps verify the server's chain
+        and signature, so all of its steps count.
+        """
+        if not self.server_side or not self._sent_flight:
+            return True
+        return bool(self._conn.get_context().get_verify_mode() != SSL.VERIFY_NONE)
 
     def do_handshake(self) -> bool:
         """Advance the handshake: True once it is complete, False if it needs input.
@@ -188,8 +207,16 @@ class TLSEngine:
         """
         if self._peer_closed:
             return b""
+        conn = self._conn
+        if (
+            self._skip_empty_reads
+            and not self._eof
+            and not _ossl.plaintext_buffered(conn)
+            and not _ossl.ciphertext_buffered(conn)
+        ):
+            return None  # what recv would say, without the cost of its exception
         try:
-            return self._conn.recv(max_bytes)
+            return conn.recv(max_bytes)
         except SSL.WantReadError:
             return None
         except SSL.ZeroReturnError:
@@ -342,6 +369,7 @@ class DTLSEngine(TLSEngine):
 
     __slots__ = ("mtu",)
     _name = "DTLS"
+    _skip_empty_reads = False
 
     def __init__(self, conn: SSL.Connection, *, server_side: bool, mtu: int) -> None:
         super().__init__(conn, server_side=server_side)

@@ -279,3 +279,25 @@ def test_close_before_handshake_sends_nothing(pki: PKIFiles) -> None:
     client, _ = make_pair(pki)
     client.close()
     assert client.bytes_to_send() == b""
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_which_handshake_steps_are_costly(pki: PKIFiles, mutual: bool) -> None:
+    # The offload puts a step in a thread only when it does public-key work.
+    server_settings = pki.mtls_server_settings() if mutual else pki.server_settings()
+    client_ctx = build_client_context(pki.client_settings(with_cert=mutual))
+    client = TLSEngine.client(client_ctx, "localhost")
+    server = TLSEngine.server(build_server_context(server_settings))
+    assert client.next_step_is_costly()
+    assert not client.do_handshake()
+    assert server.next_step_is_costly()  # nothing received yet
+    assert not server.do_handshake()
+    assert server.next_step_is_costly()  # still no ClientHello: no flight made
+    transfer(client, server)
+    assert not server.do_handshake()  # answers the ClientHello: the costly step
+    transfer(server, client)
+    # Reading the client's Finished costs little, unless it carries a
+    # certificate to verify.
+    assert server.next_step_is_costly() is mutual
+    assert client.next_step_is_costly()  # verifies the server's chain
+    handshake(client, server)

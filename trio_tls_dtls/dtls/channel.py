@@ -187,9 +187,9 @@ class DTLSChannel(trio.abc.Channel[bytes]):
 
     async def _handshake_steps(self) -> None:
         engine = self._engine
-        in_thread = self._offload.offloads_handshakes()
+        offload = self._offload.offloads_handshakes()
         while True:
-            if in_thread:
+            if offload and engine.next_step_is_costly():
                 async with self._engine_lock:
                     done = await self._offload.run(engine.do_handshake)
             else:

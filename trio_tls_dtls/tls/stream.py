@@ -234,9 +234,9 @@ class TLSStream(trio.abc.Stream):
 
     async def _handshake_steps(self) -> None:
         engine = self._engine
-        in_thread = self._offload.offloads_handshakes()
+        offload = self._offload.offloads_handshakes()
         while True:
-            if in_thread:
+            if offload and engine.next_step_is_costly():
                 done = await self._engine_in_thread(engine.do_handshake)
             else:
                 done = await self._engine_inline(engine.do_handshake)
