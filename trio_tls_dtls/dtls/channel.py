@@ -235,6 +235,9 @@ class DTLSChannel(trio.abc.Channel[bytes]):
                     raise trio.ClosedResourceError("this DTLS channel was closed") from exc
                 raise trio.BrokenResourceError(f"datagram send failed: {exc}") from exc
             self.bytes_sent += len(value)
+            # A server's link sends without yielding when the kernel takes the
+            # datagram at once; a send is still a schedule point.
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive(self) -> bytes:
         """The next datagram from the peer."""
