@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import operator
+import os
 from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
@@ -83,6 +84,12 @@ class TLSStream(trio.abc.Stream):
     ) -> None:
         self.transport_stream = transport_stream
         self.peer_address = peer_address
+        # Over a plain socket, a read or write that can complete at once is
+        # one system call on its descriptor (see _transport_send); trio's
+        # wrappers are used only to wait, and to report errors.
+        self._direct_socket = (
+            transport_stream.socket if isinstance(transport_stream, trio.SocketStream) else None
+        )
         self._engine = engine
         self._offload = offload if offload is not None else CryptoOffload()
         self._receive_size = receive_size
@@ -169,6 +176,16 @@ class TLSStream(trio.abc.Stream):
             lock.release()
 
     async def _transport_send(self, data: bytes) -> None:
+        sock = self._direct_socket
+        if sock is not None and (fd := sock.fileno()) >= 0:
+            try:
+                sent = os.write(fd, data)
+            except OSError:  # would block, or failed: trio's send waits or reports it
+                sent = 0
+            if sent == len(data):
+                self._activity()
+                return
+            data = data[sent:]
         try:
             await self.transport_stream.send_all(data)
         except BaseException as exc:
@@ -182,22 +199,38 @@ class TLSStream(trio.abc.Stream):
             raise
         self._activity()
 
-    async def _receive_into_engine(self, max_bytes: int | None = None) -> int:
-        """Read one chunk of ciphertext from the transport into the engine; its size."""
+    def _read_now(self, size: int) -> bytes | None:
+        """What the socket holds right now (b"" at EOF), or None to wait through trio."""
+        sock = self._direct_socket
+        if sock is None or (fd := sock.fileno()) < 0:
+            return None
         try:
-            data = await self.transport_stream.receive_some(max_bytes or self._receive_size)
-        except trio.ClosedResourceError:
-            raise trio.ClosedResourceError("this TLSStream was closed") from None
-        except trio.BrokenResourceError:
-            if self._state is _State.OK:
-                self._state = _State.BROKEN
-            raise
+            return os.read(fd, size)
+        except OSError:  # would block, or failed: trio's receive waits or reports it
+            return None
+
+    async def _receive_into_engine(self, max_bytes: int | None = None) -> tuple[int, bool]:
+        """Read one chunk of ciphertext into the engine: its size, and whether we yielded."""
+        size = max_bytes or self._receive_size
+        now = self._read_now(size)
+        waited = now is None
+        if now is not None:
+            data: bytes | bytearray = now
+        else:
+            try:
+                data = await self.transport_stream.receive_some(size)
+            except trio.ClosedResourceError:
+                raise trio.ClosedResourceError("this TLSStream was closed") from None
+            except trio.BrokenResourceError:
+                if self._state is _State.OK:
+                    self._state = _State.BROKEN
+                raise
         self._activity()
         if data:
             await self._engine_inline(partial(self._engine.receive_bytes, data))
         else:
             await self._engine_inline(self._engine.receive_eof)
-        return len(data)
+        return len(data), waited
 
     # -- handshake -------------------------------------------------------------
 
@@ -295,6 +328,9 @@ class TLSStream(trio.abc.Stream):
                 self._send_broken = True
                 raise
             self.bytes_sent += len(data)
+            # The socket may have taken the bytes without waiting; a send is
+            # still a schedule point.
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict:
@@ -351,12 +387,12 @@ class TLSStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(str(exc)) from exc
             if data is not None:
                 return data, yielded
-            yielded = True
             if not (self._send_lock.locked() or self._send_broken):
                 # Reading may have queued bytes that the peer waits for before
                 # it sends anything more (a refused renegotiation's alert).
                 await self._flush()
-            fed = await self._receive_into_engine(read_size)
+            fed, waited = await self._receive_into_engine(read_size)
+            yielded = yielded or waited
             in_thread = big_reads and self._offload.offloads_records(fed)
 
     async def aclose(self) -> None:
