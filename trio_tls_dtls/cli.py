@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import trio
+from OpenSSL import SSL
 
 from . import __version__
 from .certs import DEV_PKI_FILES, ensure_dev_pki, make_dev_pki, write_dev_pki
@@ -29,9 +32,12 @@ from .config import (
     VerifyClient,
 )
 from .config_file import DEFAULT_PORT, DEFAULTS, load_config_file, render_options
-from .dtls.cookie import write_secret_file
-from .errors import TLSDError
+from .context import build_server_context
+from .dtls.cookie import CookieSecrets, write_secret_file
+from .dtls.server import cookie_secrets_for
+from .errors import ConfigError, TLSDError
 from .service import Service
+from .workers import Supervisor, worker_count
 
 __all__ = ["build_parser", "main"]
 
@@ -83,6 +89,18 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
+    return value
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number or "auto", not {text!r}') from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"expected 1-1024 worker processes, not {value}")
     return value
 
 
@@ -187,6 +205,12 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         type=_seconds,
         metavar="S",
         help="on SIGINT/SIGTERM, how long open connections get to finish (default: 10)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="worker processes sharing the port (SO_REUSEPORT); auto = one per CPU (default: 1)",
     )
     dtls = p.add_argument_group("DTLS")
     dtls.add_argument(
@@ -341,17 +365,22 @@ def connect_hint(port: int, settings: ServerSettings, dev: bool, *, dtls: bool =
     return " ".join(parts)
 
 
-async def _serve(options: dict[str, Any], service: Service, dev: bool) -> int:
+async def _serve(
+    options: dict[str, Any], service: Service, dev: bool, worker: int | None = None
+) -> int:
     # Bind before starting any task, so a port in use is a plain ListenError.
-    await service.bind(options["port"], options["host"])
+    await service.bind(options["port"], options["host"], reuse_port=worker is not None)
+    who = "trio-tlsd" if worker is None else f"trio-tlsd: worker {worker} (pid {os.getpid()})"
     forced = False
     left = [0]  # connections and peers still open when we stopped them
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
-            print(f"trio-tlsd: serving echo: {service.describe()}", file=sys.stderr)
+            print(f"{who}: serving echo: {service.describe()}", file=sys.stderr)
+            if service.dtls is not None:
+                logger.info("DTLS cookie secret fingerprint %s", service.dtls.cookies.fingerprint)
             for is_dtls, server in ((False, service.tls), (True, service.dtls)):
-                if server is not None:
+                if server is not None and not worker:
                     hint = connect_hint(service.port, service.settings, dev, dtls=is_dtls)
                     print(f"connect with: {hint}", file=sys.stderr)
             sys.stderr.flush()
@@ -377,7 +406,7 @@ async def _serve(options: dict[str, Any], service: Service, dev: bool) -> int:
                 nursery.start_soon(_drain_then_stop, service, nursery.cancel_scope, left)
     how = "stopped at once by a second signal" if forced else "drained"
     print(
-        f"trio-tlsd: {how}: {service.summary()}; {left[0]} still open when stopped",
+        f"{who}: {how}: {service.summary()}; {left[0]} still open when stopped",
         file=sys.stderr,
     )
     return 1 if forced else 0
@@ -393,10 +422,65 @@ async def _drain_then_stop(service: Service, scope: trio.CancelScope, left: list
 def _run_serve(args: argparse.Namespace) -> int:
     options = _serve_options(args)
     settings, dev = _settings_from(options, make_dev_pki=True)
-    # Contexts and the cookie secret are built here: bad files fail before binding.
     protocols = options["protocols"]
-    service = Service(settings, tls="tls" in protocols, dtls="dtls" in protocols)
-    return trio.run(_serve, options, service, dev)
+    tls, dtls = "tls" in protocols, "dtls" in protocols
+    count = worker_count(options["workers"])
+    if count == 1:
+        # Contexts and the cookie secret are built here: bad files fail before binding.
+        service = Service(settings, tls=tls, dtls=dtls)
+        return trio.run(_serve, options, service, dev)
+    return _run_workers(options, settings, dev, count)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every worker inherits from the parent: one set of keys for all."""
+
+    tls: SSL.Context | None
+    dtls: SSL.Context | None
+    cookies: CookieSecrets | None
+
+
+def _run_workers(options: dict[str, Any], settings: ServerSettings, dev: bool, count: int) -> int:
+    if options["port"] == 0:
+        raise ConfigError("--workers needs a fixed --port (with port 0 each would get its own)")
+    tls, dtls = "tls" in options["protocols"], "dtls" in options["protocols"]
+    # A random cookie secret is made once, so a reload keeps it; one from a
+    # file is read again on reload.
+    random_cookies = cookie_secrets_for(settings) if dtls else None
+
+    def prepare() -> _Shared:
+        cookies = random_cookies
+        if dtls and settings.cookie_secret_file is not None:
+            cookies = cookie_secrets_for(settings)
+        return _Shared(
+            tls=build_server_context(settings) if tls else None,
+            dtls=build_server_context(settings, dtls=True) if dtls else None,
+            cookies=cookies,
+        )
+
+    def run_worker(index: int, shared: _Shared) -> int:
+        service = Service(
+            settings,
+            tls=tls,
+            dtls=dtls,
+            tls_context=shared.tls,
+            dtls_context=shared.dtls,
+            cookies=shared.cookies,
+        )
+        worker_options = dict(options)
+        if worker_options.get("metrics_port"):  # one metrics port per worker
+            worker_options["metrics_port"] += index
+        return trio.run(_serve, worker_options, service, dev, index)
+
+    print(f"trio-tlsd: starting {count} workers on port {options['port']}", file=sys.stderr)
+    supervisor = Supervisor(count, prepare, run_worker)
+    status = supervisor.run()
+    print(
+        f"trio-tlsd: all workers stopped ({supervisor.restarts} restarted after a crash)",
+        file=sys.stderr,
+    )
+    return status
 
 
 def _configure_logging(level: str) -> None:

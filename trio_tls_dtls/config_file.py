@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "mtu": DEFAULT_DTLS_MTU,
     "max_peers": 1024,
     "cookie_secret_file": None,
+    "workers": 1,
 }
 """Every serve option and its default."""
 
@@ -126,6 +127,14 @@ def _bool(value: object, base: Path) -> bool:
     return value
 
 
+def _workers(value: object, base: Path) -> int | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise _Bad(f'expected "auto" or a number of processes 1-1024, got {value!r}')
+    return value
+
+
 _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "host": _string,
     "port": _int_in(0, 65535, "a port 0-65535"),
@@ -146,6 +155,7 @@ _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "mtu": _int_in(MIN_DTLS_MTU, MAX_DTLS_MTU, f"an MTU of {MIN_DTLS_MTU}-{MAX_DTLS_MTU} bytes"),
     "max_peers": _int_in(1, 2**31, "a positive integer"),
     "cookie_secret_file": _path,
+    "workers": _workers,
 }
 assert _CHECKS.keys() == DEFAULTS.keys()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket as _stdsocket
 
 import trio
 
@@ -51,10 +52,52 @@ def listen_error(exc: OSError, host: str | None, port: int, proto: str) -> Liste
     return ListenError(f"cannot listen on {where}: {exc.strerror or exc}", errno=exc.errno)
 
 
-async def open_tcp_listeners(port: int, host: str | None) -> list[trio.SocketListener]:
-    """trio.open_tcp_listeners with a validated port and a clear ListenError."""
+async def open_tcp_listeners(
+    port: int, host: str | None, *, reuse_port: bool = False
+) -> list[trio.SocketListener]:
+    """trio.open_tcp_listeners with a validated port and a clear ListenError.
+
+    With *reuse_port*, every socket gets SO_REUSEPORT, so several processes
+    (workers) can listen on the same port and the kernel spreads new
+    connections among them.
+    """
     validate_port(port)
+    if not reuse_port:
+        try:
+            return await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise listen_error(exc, host, port, "TCP") from exc
     try:
-        return await trio.open_tcp_listeners(port, host=host)
+        infos = await trio.socket.getaddrinfo(
+            host, port, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_PASSIVE
+        )
     except OSError as exc:
         raise listen_error(exc, host, port, "TCP") from exc
+    listeners: list[trio.SocketListener] = []
+    seen: set[object] = set()
+    try:
+        for family, kind, proto, _, sockaddr in infos:
+            if sockaddr in seen:
+                continue
+            seen.add(sockaddr)
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEADDR, 1)
+                sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
+                if family == _stdsocket.AF_INET6:
+                    sock.setsockopt(_stdsocket.IPPROTO_IPV6, _stdsocket.IPV6_V6ONLY, 1)
+                await sock.bind(sockaddr)
+                sock.listen(_BACKLOG)
+            except OSError as exc:
+                sock.close()
+                raise listen_error(exc, host, port, "TCP") from exc
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+# What trio.open_tcp_listeners uses by default: the kernel caps it at somaxconn.
+_BACKLOG = 0xFFFF

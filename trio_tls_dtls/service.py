@@ -20,6 +20,7 @@ from OpenSSL import SSL
 
 from .config import ServerSettings
 from .context import build_server_context
+from .dtls.cookie import CookieSecrets
 from .dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler, open_udp_sockets
 from .errors import ConfigError, ListenError, TLSDError
 from .info import Address, format_address
@@ -50,6 +51,7 @@ class Service:
         tls_context: SSL.Context | None = None,
         dtls_context: SSL.Context | None = None,
         offload: CryptoOffload | None = None,
+        cookies: CookieSecrets | None = None,
     ) -> None:
         if not (tls or dtls):
             raise ConfigError("nothing to serve: enable TLS, DTLS or both")
@@ -61,7 +63,7 @@ class Service:
             self.tls = TLSServer(tls_handler, settings, context=tls_context, offload=self.offload)
         if dtls:
             self.dtls = DTLSServer(
-                dtls_handler, settings, context=dtls_context, offload=self.offload
+                dtls_handler, settings, context=dtls_context, offload=self.offload, cookies=cookies
             )
         self._listeners: list[trio.SocketListener] = []
         self._sockets: list[trio.socket.SocketType] = []
@@ -69,6 +71,7 @@ class Service:
         self.dtls_addresses: list[Address] = []
         self.reloads = 0
         self.reloads_failed = 0
+        self._reuse_port = False
 
     @property
     def port(self) -> int:
@@ -90,23 +93,27 @@ class Service:
             parts.append("DTLS on udp " + ", ".join(map(format_address, self.dtls_addresses)))
         return "; ".join(parts)
 
-    async def bind(self, port: int, host: str | None) -> None:
-        """Open every socket; raises ListenError naming the port and protocol."""
+    async def bind(self, port: int, host: str | None, *, reuse_port: bool = False) -> None:
+        """Open every socket; raises ListenError naming the port and protocol.
+
+        *reuse_port* sets SO_REUSEPORT on every socket, for workers sharing a port.
+        """
+        self._reuse_port = reuse_port
         await self._bind(port, host)
         self.tls_addresses = [normalize_address(x.socket.getsockname()) for x in self._listeners]
         self.dtls_addresses = [normalize_address(s.getsockname()) for s in self._sockets]
 
     async def _bind(self, port: int, host: str | None) -> None:
         if self.tls is None:
-            self._sockets = await open_udp_sockets(port, host)
+            self._sockets = await open_udp_sockets(port, host, reuse_port=self._reuse_port)
             return
         for _ in range(_EPHEMERAL_ATTEMPTS):
-            self._listeners = await open_tcp_listeners(port, host)
+            self._listeners = await open_tcp_listeners(port, host, reuse_port=self._reuse_port)
             if self.dtls is None:
                 return
             chosen = int(self._listeners[0].socket.getsockname()[1])
             try:
-                self._sockets = await open_udp_sockets(chosen, host)
+                self._sockets = await open_udp_sockets(chosen, host, reuse_port=self._reuse_port)
                 return
             except ListenError as exc:
                 await _close_all(self._listeners)

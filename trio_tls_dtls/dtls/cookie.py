@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import math
 import os
@@ -53,6 +54,16 @@ class CookieSecrets:
         self._master = bytes(master)
         self.rotation_interval = float(rotation_interval)
         self._keys: dict[int, bytes] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        """A short public tag of the master secret: equal tags, shared secret.
+
+        Logged at startup so an operator can check that workers and hosts
+        behind one load balancer really share their secret. It is a hash
+        prefix and reveals nothing usable about the secret.
+        """
+        return hashlib.sha256(b"trio-tlsd cookie fingerprint" + self._master).hexdigest()[:16]
 
     @classmethod
     def random(cls, *, rotation_interval: float = 60.0) -> CookieSecrets:

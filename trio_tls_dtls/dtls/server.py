@@ -134,7 +134,7 @@ class DTLSServer:
         self.settings = settings
         self.context = context if context is not None else build_server_context(settings, dtls=True)
         self.offload = offload if offload is not None else CryptoOffload(settings.offload)
-        self.cookies = cookies if cookies is not None else _cookie_secrets(settings)
+        self.cookies = cookies if cookies is not None else cookie_secrets_for(settings)
         self.clock = clock
         self.stats = DTLSServerStats()
         self.peers: PeerTable[tuple[int, Address], _Peer] = PeerTable(settings.max_peers)
@@ -402,7 +402,8 @@ async def _say_goodbye(peer: _Peer) -> None:
             peer.stop()
 
 
-def _cookie_secrets(settings: ServerSettings) -> CookieSecrets:
+def cookie_secrets_for(settings: ServerSettings) -> CookieSecrets:
+    """The secrets from ``settings.cookie_secret_file``, or a random one for this process."""
     if settings.cookie_secret_file is not None:
         return CookieSecrets.from_file(
             settings.cookie_secret_file, rotation_interval=settings.cookie_rotation

@@ -1,0 +1,274 @@
+"""`trio-tlsd serve --workers N`: processes sharing a port, supervised, sharing keys."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from OpenSSL import SSL
+
+from tests.conftest import PKIFiles
+from tests.core.dtls_pair import first_client_hello
+from tests.test_cli import CLI, EMPTY_DIR, assert_one_line_error, run_cli
+from trio_tls_dtls import ClientSettings, ConfigError, open_dtls_channel, open_tls_stream
+from trio_tls_dtls.dtls.cookie import write_secret_file
+from trio_tls_dtls.workers import worker_count
+
+pytestmark = pytest.mark.timeout(90)
+
+SERVING = re.compile(rb"worker (\d+) \(pid (\d+)\): serving")
+
+
+def free_port() -> int:
+    """A port number free for both TCP and UDP on 127.0.0.1 right now."""
+    for _ in range(50):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(port)
+    raise AssertionError("no free port")
+
+
+class Workers:
+    """A running `serve --workers` parent and what it has printed."""
+
+    def __init__(self, process: trio.Process, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.output = b""
+
+    async def read_until(self, pattern: re.Pattern[bytes], count: int = 1) -> None:
+        assert self.process.stderr is not None
+        with trio.fail_after(20):
+            while len(pattern.findall(self.output)) < count:
+                chunk = await self.process.stderr.receive_some()
+                assert chunk, self.output.decode()
+                self.output += chunk
+
+    def serving_pids(self) -> list[int]:
+        """Every worker pid that has announced itself, in order."""
+        return [int(pid) for _, pid in SERVING.findall(self.output)]
+
+    def children(self) -> set[int]:
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return {int(pid) for pid in path.read_text().split()}
+
+    async def wait_exit(self) -> str:
+        assert self.process.stderr is not None
+        with trio.fail_after(20):
+            while chunk := await self.process.stderr.receive_some():
+                self.output += chunk
+            await self.process.wait()
+        return self.output.decode()
+
+
+@asynccontextmanager
+async def workers(*flags: str, count: int = 2) -> AsyncIterator[Workers]:
+    port = free_port()
+    process = await trio.lowlevel.open_process(
+        [
+            *CLI,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(count),
+            *flags,
+        ],
+        cwd=EMPTY_DIR,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    running = Workers(process, port)
+    try:
+        await running.read_until(SERVING if count > 1 else re.compile(rb": serving"), count)
+        yield running
+    finally:
+        if process.returncode is None:
+            # Workers outlive a killed parent: stop them first, by pid.
+            for pid in _children_of(process.pid):
+                os.kill(pid, signal.SIGKILL)
+            process.kill()
+            await process.wait()
+
+
+def _children_of(pid: int) -> set[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return set()
+    return {int(p) for p in text.split()}
+
+
+def pki_flags(pki: PKIFiles) -> list[str]:
+    return ["--cert", str(pki.server_cert), "--key", str(pki.server_key)]
+
+
+async def echo_both(pki: PKIFiles, port: int, message: bytes) -> None:
+    settings = pki.client_settings()
+    stream = await open_tls_stream("127.0.0.1", port, settings=settings)
+    await stream.send_all(message)
+    assert await stream.receive_some() == message
+    await stream.aclose()
+    channel = await open_dtls_channel("127.0.0.1", port, settings=settings)
+    await channel.send(message)
+    assert await channel.receive() == message
+    await channel.aclose()
+
+
+async def test_a_killed_worker_is_restarted_and_sigterm_drains_all(pki: PKIFiles) -> None:
+    async with workers(*pki_flags(pki)) as running:
+        first = running.serving_pids()
+        assert len(set(first)) == 2
+        assert running.children() == set(first)
+        await echo_both(pki, running.port, b"two workers, one port")
+
+        os.kill(first[0], signal.SIGKILL)
+        await running.read_until(SERVING, 3)
+        replacement = running.serving_pids()[2]
+        assert replacement not in first
+        assert running.children() == {first[1], replacement}
+        assert b"exited unexpectedly (killed by SIGKILL): restarting" in running.output
+        for i in range(4):  # whichever worker the kernel picks, it answers
+            await echo_both(pki, running.port, b"still serving %d" % i)
+
+        # A connection open during the drain gets close_notify; exit status 0.
+        stream = await open_tls_stream("127.0.0.1", running.port, settings=pki.client_settings())
+        await stream.send_all(b"ping")
+        assert await stream.receive_some() == b"ping"
+        running.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await stream.receive_some() == b""
+        await stream.aclose()
+        log = await running.wait_exit()
+        assert running.process.returncode == 0, log
+        assert log.count(": drained:") == 2, log
+        assert "all workers stopped (1 restarted after a crash)" in log
+
+
+def _server_socket_inode(server_port: int, client_port: int) -> int:
+    """The inode of the server side of the loopback TCP connection to *client_port*."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        remote_port = int(fields[2].split(":")[1], 16)
+        if local_port == server_port and remote_port == client_port:
+            return int(fields[9])
+    raise AssertionError(f"no server socket for client port {client_port}")
+
+
+def _process_holding(inode: int, pids: set[int]) -> int:
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    raise AssertionError(f"socket inode {inode} is in none of {pids}")
+
+
+async def _connect_and_find_worker(
+    settings: ClientSettings, running: Workers, session: SSL.Session | None
+) -> tuple[int, bool, SSL.Session | None]:
+    stream = await open_tls_stream("127.0.0.1", running.port, settings=settings, session=session)
+    await stream.send_all(b"x")
+    assert await stream.receive_some() == b"x"  # TLS 1.3 tickets have arrived
+    client_port = stream.transport_stream.socket.getsockname()[1]  # type: ignore[attr-defined]
+    inode = _server_socket_inode(running.port, client_port)
+    pid = _process_holding(inode, running.children())
+    resumed, ticket = stream.info.resumed, stream.session
+    await stream.aclose()
+    return pid, resumed, ticket
+
+
+async def test_a_session_resumes_on_another_worker(pki: PKIFiles) -> None:
+    # The workers were forked after the contexts were built: one set of ticket keys.
+    async with workers(*pki_flags(pki), "--tls-only") as running:
+        settings = pki.client_settings()  # one client context: sessions belong to it
+        issuer, resumed, ticket = await _connect_and_find_worker(settings, running, None)
+        assert not resumed
+        for _ in range(40):  # the kernel spreads connections by their 4-tuple
+            pid, resumed, _ = await _connect_and_find_worker(settings, running, ticket)
+            if pid != issuer:
+                break
+        else:
+            pytest.fail("40 connections all reached the same worker")
+        assert resumed, "a ticket from one worker did not resume on the other"
+        running.process.send_signal(signal.SIGTERM)
+        await running.wait_exit()
+        assert running.process.returncode == 0
+
+
+async def test_workers_share_one_cookie_secret(pki: PKIFiles) -> None:
+    async with workers(*pki_flags(pki), "--dtls-only") as running:
+        fingerprints = re.compile(rb"cookie secret fingerprint ([0-9a-f]+)")
+        await running.read_until(fingerprints, 2)
+        first = set(fingerprints.findall(running.output))
+        assert len(first) == 1  # two workers, one secret (random, made by the parent)
+        os.kill(running.serving_pids()[0], signal.SIGKILL)
+        await running.read_until(fingerprints, 3)
+        assert set(fingerprints.findall(running.output)) == first  # the restart keeps it
+        await echo_both_dtls(pki, running.port)
+        running.process.send_signal(signal.SIGTERM)
+        await running.wait_exit()
+
+
+async def echo_both_dtls(pki: PKIFiles, port: int) -> None:
+    channel = await open_dtls_channel("127.0.0.1", port, settings=pki.client_settings())
+    await channel.send(b"dtls")
+    assert await channel.receive() == b"dtls"
+    await channel.aclose()
+
+
+async def test_cookie_from_one_host_verifies_on_another(pki: PKIFiles, tmp_path: Path) -> None:
+    """Two servers (as two hosts behind a load balancer) given one cookie-secret file."""
+    secret = tmp_path / "cookie.key"
+    write_secret_file(secret)
+    flags = [*pki_flags(pki), "--dtls-only", "--cookie-secret-file", str(secret)]
+    async with workers(*flags, count=1) as a, workers(*flags, count=1) as b:
+        client, hello = first_client_hello(pki)
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        with sock, trio.fail_after(10):
+            await sock.sendto(hello, ("127.0.0.1", a.port))
+            client.receive_datagram(await sock.recv(65536))  # A's HelloVerifyRequest
+            assert not client.do_handshake()
+            [with_cookie] = client.datagrams_to_send()
+            await sock.sendto(with_cookie, ("127.0.0.1", b.port))
+            reply = await sock.recv(65536)
+        # B answers with its ServerHello (handshake type 2), not another
+        # HelloVerifyRequest (type 3): A's cookie verified on B.
+        assert reply[0] == 22 and reply[13] == 2
+
+
+def test_worker_count_values() -> None:
+    assert worker_count("auto") == (os.cpu_count() or 1)
+    assert worker_count(3) == 3
+    for bad in (0, -1, "many", True):
+        with pytest.raises(ConfigError, match="workers"):
+            worker_count(bad)  # type: ignore[arg-type]
+
+
+def test_workers_flag_errors(pki: PKIFiles, tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("serve", "--workers", "0"), "--workers", "1-1024")
+    assert_one_line_error(run_cli("serve", "--workers", "lots"), "--workers", "auto")
+    result = run_cli("serve", *pki_flags(pki), "--port", "0", "--workers", "2")
+    assert_one_line_error(result, "--workers needs a fixed --port")
+    config = tmp_path / "bad.toml"
+    config.write_text('workers = "several"\n')
+    assert_one_line_error(run_cli("check-config", str(config)), str(config), "'workers'")
