@@ -27,8 +27,10 @@ from .errors import (
     TLSDError,
     TLSError,
 )
+from .forward import forward_tcp, forward_udp
 from .info import PeerInfo
 from .offload import CryptoOffload
+from .service import Service, serve
 from .tls.client import open_tls_stream
 from .tls.server import TLSHandler, TLSServer, TLSServerStats, echo_handler, serve_tls
 from .tls.stream import TLSStream
@@ -54,6 +56,7 @@ __all__ = [
     "PeerInfo",
     "RecordParseError",
     "ServerSettings",
+    "Service",
     "TLSDError",
     "TLSEngine",
     "TLSError",
@@ -65,8 +68,11 @@ __all__ = [
     "__version__",
     "dtls_echo_handler",
     "echo_handler",
+    "forward_tcp",
+    "forward_udp",
     "open_dtls_channel",
     "open_tls_stream",
+    "serve",
     "serve_dtls",
     "serve_tls",
 ]

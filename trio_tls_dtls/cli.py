@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypedDict
 
 import trio
 from OpenSSL import SSL
@@ -34,9 +34,12 @@ from .config import (
 from .config_file import DEFAULT_PORT, DEFAULTS, load_config_file, render_options
 from .context import build_server_context
 from .dtls.cookie import CookieSecrets, write_secret_file
-from .dtls.server import cookie_secrets_for
+from .dtls.server import DTLSHandler, cookie_secrets_for
 from .errors import ConfigError, TLSDError
+from .forward import forward_tcp, forward_udp
 from .service import Service
+from .targets import parse_target
+from .tls.server import TLSHandler
 from .workers import Supervisor, worker_count
 
 __all__ = ["build_parser", "main"]
@@ -90,6 +93,11 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
     return value
+
+
+def _target_text(text: str) -> str:
+    parse_target(text)  # raises argparse.ArgumentTypeError with the reason
+    return text
 
 
 def _workers(text: str) -> int | str:
@@ -205,6 +213,18 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         type=_seconds,
         metavar="S",
         help="on SIGINT/SIGTERM, how long open connections get to finish (default: 10)",
+    )
+    p.add_argument(
+        "--forward-tcp",
+        type=_target_text,
+        metavar="HOST:PORT",
+        help="forward TLS connections' plaintext to this TCP backend (default: echo)",
+    )
+    p.add_argument(
+        "--forward-udp",
+        type=_target_text,
+        metavar="HOST:PORT",
+        help="forward each DTLS peer's datagrams to this UDP backend (default: echo)",
     )
     p.add_argument(
         "--workers",
@@ -376,7 +396,9 @@ async def _serve(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
-            print(f"{who}: serving echo: {service.describe()}", file=sys.stderr)
+            print(
+                f"{who}: serving {_what(options, service)}: {service.describe()}", file=sys.stderr
+            )
             if service.dtls is not None:
                 logger.info("DTLS cookie secret fingerprint %s", service.dtls.cookies.fingerprint)
             for is_dtls, server in ((False, service.tls), (True, service.dtls)):
@@ -427,9 +449,39 @@ def _run_serve(args: argparse.Namespace) -> int:
     count = worker_count(options["workers"])
     if count == 1:
         # Contexts and the cookie secret are built here: bad files fail before binding.
-        service = Service(settings, tls=tls, dtls=dtls)
+        service = Service(settings, tls=tls, dtls=dtls, **_handlers(options))
         return trio.run(_serve, options, service, dev)
     return _run_workers(options, settings, dev, count)
+
+
+class _Handlers(TypedDict, total=False):
+    tls_handler: TLSHandler
+    dtls_handler: DTLSHandler
+
+
+def _handlers(options: dict[str, Any]) -> _Handlers:
+    """Forwarding handlers where a backend is configured; echo (the default) elsewhere."""
+    handlers: _Handlers = {}
+    if options["forward_tcp"]:
+        target = parse_target(options["forward_tcp"])
+        handlers["tls_handler"] = forward_tcp(target.host, target.port)
+    if options["forward_udp"]:
+        target = parse_target(options["forward_udp"])
+        handlers["dtls_handler"] = forward_udp(target.host, target.port)
+    return handlers
+
+
+def _what(options: dict[str, Any], service: Service) -> str:
+    """What the service does, for the startup line."""
+    parts = []
+    for proto, key, server in (
+        ("TLS", "forward_tcp", service.tls),
+        ("DTLS", "forward_udp", service.dtls),
+    ):
+        if server is not None:
+            backend = options[key]
+            parts.append(f"{proto} forwarded to {backend}" if backend else f"{proto} echo")
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -467,6 +519,7 @@ def _run_workers(options: dict[str, Any], settings: ServerSettings, dev: bool, c
             tls_context=shared.tls,
             dtls_context=shared.dtls,
             cookies=shared.cookies,
+            **_handlers(options),
         )
         worker_options = dict(options)
         if worker_options.get("metrics_port"):  # one metrics port per worker

@@ -22,6 +22,7 @@ An unknown key, a value of the wrong type or an impossible value is a
 
 from __future__ import annotations
 
+import argparse
 import math
 import tomllib
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ from typing import Any
 
 from .config import DEFAULT_DTLS_MTU, MAX_DTLS_MTU, MIN_DTLS_MTU, VerifyClient
 from .errors import ConfigError
+from .targets import parse_target
 
 __all__ = ["DEFAULTS", "load_config_file", "render_options"]
 
@@ -56,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
     "max_peers": 1024,
     "cookie_secret_file": None,
     "workers": 1,
+    "forward_tcp": None,
+    "forward_udp": None,
 }
 """Every serve option and its default."""
 
@@ -127,6 +131,15 @@ def _bool(value: object, base: Path) -> bool:
     return value
 
 
+def _host_port(value: object, base: Path) -> str:
+    text = _string(value, base)
+    try:
+        parse_target(text)
+    except argparse.ArgumentTypeError as exc:
+        raise _Bad(str(exc)) from None
+    return text
+
+
 def _workers(value: object, base: Path) -> int | str:
     if value == "auto":
         return "auto"
@@ -156,6 +169,8 @@ _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "max_peers": _int_in(1, 2**31, "a positive integer"),
     "cookie_secret_file": _path,
     "workers": _workers,
+    "forward_tcp": _host_port,
+    "forward_udp": _host_port,
 }
 assert _CHECKS.keys() == DEFAULTS.keys()
 

@@ -1,0 +1,213 @@
+"""Forwarding: TLS terminated to a TCP backend, DTLS terminated to a UDP backend."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.conftest import PKIFiles
+from tests.helpers import port_of, running_dtls_server, running_tls_server
+from tests.test_cli import assert_one_line_error, run_cli, serving
+from trio_tls_dtls import forward_tcp, forward_udp, open_dtls_channel, open_tls_stream
+from trio_tls_dtls.config_file import load_config_file
+from trio_tls_dtls.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(60)
+
+LOCAL = "127.0.0.1"
+
+
+def unused_port(kind: int) -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((LOCAL, 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def tcp_backend(*, hold_open: bool = False) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """A TCP backend that answers each chunk with b"<" + chunk + b">".
+
+    On EOF from us it sends b"bye" and closes (a half-close test reads it).
+    """
+    received: list[bytes] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        while data := await stream.receive_some(65536):
+            received.append(data)
+            await stream.send_all(b"<" + data + b">")
+        await stream.send_all(b"bye")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(partial(trio.serve_tcp, handler, 0, host=LOCAL))
+        try:
+            yield listener.socket.getsockname()[1], received
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def udp_backend() -> AsyncIterator[tuple[int, list[tuple[str, int]]]]:
+    """A UDP backend that answers each datagram with b"udp:" + datagram; records senders."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind((LOCAL, 0))
+    senders: list[tuple[str, int]] = []
+
+    async def serve() -> None:
+        while True:
+            data, address = await sock.recvfrom(65536)
+            senders.append(address)
+            await sock.sendto(b"udp:" + data, address)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        try:
+            yield sock.getsockname()[1], senders
+        finally:
+            nursery.cancel_scope.cancel()
+            sock.close()
+
+
+async def test_tls_forwarded_to_tcp_both_ways(pki: PKIFiles) -> None:
+    async with tcp_backend() as (backend, received):
+        handler = forward_tcp(LOCAL, backend)
+        async with running_tls_server(pki.server_settings(), handler) as server:
+            stream = await open_tls_stream(LOCAL, port_of(server), settings=pki.client_settings())
+            await stream.send_all(b"hello")
+            reply = b""
+            with trio.fail_after(5):
+                while reply != b"<hello>":
+                    reply += await stream.receive_some()
+            await stream.aclose()
+    assert received == [b"hello"]
+
+
+async def test_one_mebibyte_each_way_arrives_intact(pki: PKIFiles) -> None:
+    payload = os.urandom(1 << 20)
+    got = bytearray()
+
+    async def backend_handler(stream: trio.SocketStream) -> None:
+        data = bytearray()
+        while len(data) < len(payload):
+            data += await stream.receive_some(65536)
+        got.extend(data)
+        await stream.send_all(bytes(data[::-1]))
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(partial(trio.serve_tcp, backend_handler, 0, host=LOCAL))
+        handler = forward_tcp(LOCAL, listener.socket.getsockname()[1])
+        async with running_tls_server(pki.server_settings(), handler) as server:
+            stream = await open_tls_stream(LOCAL, port_of(server), settings=pki.client_settings())
+            with trio.fail_after(30):
+                async with trio.open_nursery() as io:
+                    io.start_soon(stream.send_all, payload)
+                    back = bytearray()
+                    while chunk := await stream.receive_some():
+                        back += chunk
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert bytes(got) == payload
+    assert bytes(back) == payload[::-1]  # ended by the backend's close -> our close_notify
+
+
+async def test_half_close_passes_through_both_ways(pki: PKIFiles) -> None:
+    async with (
+        tcp_backend() as (backend, _),
+        running_tls_server(pki.server_settings(), forward_tcp(LOCAL, backend)) as server,
+    ):
+        stream = await open_tls_stream(LOCAL, port_of(server), settings=pki.client_settings())
+        await stream.send_all(b"last words")
+        await stream.send_close_notify()  # the backend sees EOF ...
+        reply = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():  # ... and still answers
+                reply += chunk
+        assert reply == b"<last words>bye"  # then its FIN became our close_notify
+        await stream.aclose()
+
+
+async def test_tcp_backend_down_closes_the_client_cleanly(
+    pki: PKIFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = forward_tcp(LOCAL, unused_port(socket.SOCK_STREAM))
+    async with running_tls_server(pki.server_settings(), handler) as server:
+        stream = await open_tls_stream(LOCAL, port_of(server), settings=pki.client_settings())
+        with trio.fail_after(5):
+            assert await stream.receive_some() == b""  # close_notify, not a hang
+        await stream.aclose()
+    assert "backend unreachable" in caplog.text
+
+
+async def test_dtls_peers_forwarded_each_from_its_own_port(pki: PKIFiles) -> None:
+    async with udp_backend() as (backend, senders):
+        handler = forward_udp(LOCAL, backend)
+        async with running_dtls_server(pki.server_settings(), handler) as server:
+            settings = pki.client_settings()
+            channels = [
+                await open_dtls_channel(LOCAL, port_of(server), settings=settings) for _ in range(2)
+            ]
+            with trio.fail_after(5):
+                for n, channel in enumerate(channels):
+                    for i in range(3):
+                        await channel.send(b"peer %d msg %d" % (n, i))
+                        assert await channel.receive() == b"udp:peer %d msg %d" % (n, i)
+            for channel in channels:
+                await channel.aclose()
+    assert len(senders) == 6
+    assert len(set(senders)) == 2  # one backend socket per peer, kept for its lifetime
+
+
+async def test_udp_backend_down_closes_the_peer_cleanly(
+    pki: PKIFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = forward_udp(LOCAL, unused_port(socket.SOCK_DGRAM))
+    async with running_dtls_server(pki.server_settings(), handler) as server:
+        channel = await open_dtls_channel(LOCAL, port_of(server), settings=pki.client_settings())
+        await channel.send(b"anyone there?")
+        with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+            await channel.receive()  # the server's close_notify
+        await channel.aclose()
+    assert "UDP backend unreachable" in caplog.text
+
+
+async def test_cli_serve_forwards(pki: PKIFiles, tmp_path: Path) -> None:
+    async with tcp_backend() as (tcp_port, _), udp_backend() as (udp_port, _):
+        flags = [
+            "--cert", str(pki.server_cert), "--key", str(pki.server_key),
+            "--forward-tcp", f"{LOCAL}:{tcp_port}", "--forward-udp", f"{LOCAL}:{udp_port}",
+        ]  # fmt: skip
+        async with serving(tmp_path, *flags) as (_, banner):
+            assert f"TLS forwarded to {LOCAL}:{tcp_port}" in banner
+            assert f"DTLS forwarded to {LOCAL}:{udp_port}" in banner
+            port = int(banner.split("on tcp 127.0.0.1:")[1].split()[0].rstrip(";"))
+            settings = pki.client_settings()
+            stream = await open_tls_stream(LOCAL, port, settings=settings)
+            await stream.send_all(b"via cli")
+            with trio.fail_after(5):
+                assert await stream.receive_some() == b"<via cli>"
+            await stream.aclose()
+            channel = await open_dtls_channel(LOCAL, port, settings=settings)
+            await channel.send(b"dgram")
+            with trio.fail_after(5):
+                assert await channel.receive() == b"udp:dgram"
+            await channel.aclose()
+
+
+def test_forward_flag_and_config_errors(tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("serve", "--forward-tcp", "nocolon"), "--forward-tcp")
+    assert_one_line_error(run_cli("serve", "--forward-udp", "::1:53"), "--forward-udp", "brackets")
+    config = tmp_path / "bad.toml"
+    config.write_text('forward_tcp = "backend"\n')
+    with pytest.raises(ConfigError, match=r"bad\.toml: key 'forward_tcp'"):
+        load_config_file(config)
+    config.write_text('forward_udp = "[::1]:5353"\n')
+    assert load_config_file(config) == {"forward_udp": "[::1]:5353"}

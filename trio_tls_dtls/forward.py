@@ -1,0 +1,170 @@
+"""Forwarding handlers: terminate TLS or DTLS here, pass the plaintext to a backend.
+
+``forward_tcp`` makes a TLS handler that opens one TCP connection to the
+backend per client and copies bytes both ways; ``forward_udp`` makes a DTLS
+handler that gives every peer its own connected UDP socket (so the backend
+sees one source port per peer) and relays datagram for datagram. Together
+they make ``trio-tlsd`` a terminating proxy in the manner of stunnel, for
+DTLS as well as TLS.
+
+Endings are passed on: a client's close_notify becomes a TCP FIN to the
+backend (and the backend may still answer), the backend's FIN becomes our
+close_notify. A backend that is down, refuses, or resets ends the client's
+connection cleanly (the server sends close_notify when a handler returns)
+and logs why; it never leaves the client hanging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket as _stdsocket
+
+import trio
+
+from .dtls.channel import DTLSChannel
+from .dtls.server import DTLSHandler
+from .info import PeerInfo, format_address
+from .tls.server import TLSHandler
+from .tls.stream import TLSStream
+
+__all__ = ["forward_tcp", "forward_udp"]
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+# After one direction has ended, how long the other may still take.
+CLOSE_GRACE = 5.0
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _where(host: str, port: int) -> str:
+    return format_address((host, port))
+
+
+def forward_tcp(host: str, port: int, *, connect_timeout: float = 5.0) -> TLSHandler:
+    """A TLS handler that forwards each connection's plaintext to TCP *host*:*port*."""
+    backend_name = _where(host, port)
+
+    async def forward_tls_to_tcp(stream: TLSStream, peer: PeerInfo) -> None:
+        client = format_address(peer.address)
+        try:
+            with trio.fail_after(connect_timeout):
+                backend = await trio.open_tcp_stream(host, port)
+        except (OSError, trio.TooSlowError) as exc:
+            reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            logger.warning(
+                "forward %s -> %s: backend unreachable (%s): closing", client, backend_name, reason
+            )
+            return
+        async with backend, trio.open_nursery() as nursery:
+            nursery.start_soon(_tls_to_tcp, stream, backend, nursery.cancel_scope, client)
+            nursery.start_soon(_tcp_to_tls, backend, stream, nursery.cancel_scope, client)
+
+    forward_tls_to_tcp.__qualname__ = f"forward_tcp({backend_name})"
+    return forward_tls_to_tcp
+
+
+def _grace(scope: trio.CancelScope) -> None:
+    """One direction is done: the other gets CLOSE_GRACE more seconds at most."""
+    scope.deadline = min(scope.deadline, trio.current_time() + CLOSE_GRACE)
+
+
+async def _tls_to_tcp(
+    stream: TLSStream, backend: trio.SocketStream, scope: trio.CancelScope, client: str
+) -> None:
+    try:
+        while data := await stream.receive_some(CHUNK):
+            await backend.send_all(data)
+    except _GONE as exc:
+        logger.info("forward %s: ended abruptly (%s)", client, exc)
+        scope.cancel()
+        return
+    # The client sent close_notify: the backend sees the end of the request.
+    with contextlib.suppress(*_GONE):
+        await backend.send_eof()
+    _grace(scope)
+
+
+async def _tcp_to_tls(
+    backend: trio.SocketStream, stream: TLSStream, scope: trio.CancelScope, client: str
+) -> None:
+    try:
+        while data := await backend.receive_some(CHUNK):
+            await stream.send_all(data)
+    except _GONE as exc:
+        logger.info("forward %s: ended abruptly (%s)", client, exc)
+        scope.cancel()
+        return
+    # The backend finished: the client sees our close_notify.
+    with contextlib.suppress(*_GONE, trio.BusyResourceError):
+        await stream.send_close_notify()
+    _grace(scope)
+
+
+def forward_udp(host: str, port: int) -> DTLSHandler:
+    """A DTLS handler that relays each peer's datagrams to UDP *host*:*port*."""
+    backend_name = _where(host, port)
+
+    async def forward_dtls_to_udp(channel: DTLSChannel, peer: PeerInfo) -> None:
+        client = format_address(peer.address)
+        try:
+            infos = await trio.socket.getaddrinfo(host, port, type=_stdsocket.SOCK_DGRAM)
+            family, kind, proto, _, sockaddr = infos[0]
+            sock = trio.socket.socket(family, kind, proto)
+        except OSError as exc:
+            logger.warning("forward %s -> %s: %s: closing", client, backend_name, exc)
+            return
+        with sock:
+            try:
+                await sock.connect(sockaddr)
+            except OSError as exc:
+                logger.warning("forward %s -> %s: %s: closing", client, backend_name, exc)
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_dtls_to_udp, channel, sock, nursery.cancel_scope, client)
+                nursery.start_soon(_udp_to_dtls, sock, channel, nursery.cancel_scope, client)
+
+    forward_dtls_to_udp.__qualname__ = f"forward_udp({backend_name})"
+    return forward_dtls_to_udp
+
+
+async def _dtls_to_udp(
+    channel: DTLSChannel, sock: trio.socket.SocketType, scope: trio.CancelScope, client: str
+) -> None:
+    try:
+        async for message in channel:
+            await sock.send(message)
+    except OSError as exc:
+        logger.warning("forward %s: UDP backend unreachable (%s): closing", client, exc)
+    finally:
+        # The peer said goodbye (or failed): nothing more to relay.
+        scope.cancel()
+
+
+async def _udp_to_dtls(
+    sock: trio.socket.SocketType, channel: DTLSChannel, scope: trio.CancelScope, client: str
+) -> None:
+    while True:
+        try:
+            reply = await sock.recv(65536)
+        except OSError as exc:
+            # ICMP port unreachable for an earlier send: nothing listens there.
+            logger.warning("forward %s: UDP backend unreachable (%s): closing", client, exc)
+            scope.cancel()
+            return
+        if len(reply) > channel.max_message_size:
+            logger.debug(
+                "forward %s: dropped a %d-byte backend datagram (at most %d fit)",
+                client,
+                len(reply),
+                channel.max_message_size,
+            )
+            continue
+        if not reply:
+            continue  # DTLS cannot carry an empty datagram
+        try:
+            await channel.send(reply)
+        except _GONE:
+            scope.cancel()
+            return
