@@ -22,7 +22,12 @@ PYTHON = "3.11"
 
 MATRIX = {
     # Keep in step with [project].dependencies in pyproject.toml.
-    "oldest": ["trio==0.25.0", "pyOpenSSL==25.0.0", "cryptography==44.0.0"],
+    "oldest": [
+        "trio==0.25.0",
+        "pyOpenSSL==25.0.0",
+        "cryptography==44.0.0",
+        "prometheus-client==0.20.0",
+    ],
     "newest": ["--upgrade", "trio", "pyOpenSSL", "cryptography"],
 }
 

@@ -29,6 +29,7 @@ from .errors import (
 )
 from .forward import forward_tcp, forward_udp
 from .info import PeerInfo
+from .metrics import serve_metrics
 from .offload import CryptoOffload
 from .service import Service, serve
 from .tls.client import open_tls_stream
@@ -74,5 +75,6 @@ __all__ = [
     "open_tls_stream",
     "serve",
     "serve_dtls",
+    "serve_metrics",
     "serve_tls",
 ]

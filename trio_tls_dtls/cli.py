@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypedDict
 
@@ -37,6 +38,9 @@ from .dtls.cookie import CookieSecrets, write_secret_file
 from .dtls.server import DTLSHandler, cookie_secrets_for
 from .errors import ConfigError, TLSDError
 from .forward import forward_tcp, forward_udp
+from .info import format_address
+from .logformat import TEXT_FORMAT, make_formatter
+from .metrics import serve_metrics
 from .service import Service
 from .targets import parse_target
 from .tls.server import TLSHandler
@@ -227,6 +231,18 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="forward each DTLS peer's datagrams to this UDP backend (default: echo)",
     )
     p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line (default: text)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="P",
+        help="serve Prometheus metrics at http://HOST:P/metrics (default: off)",
+    )
+    p.add_argument("--metrics-host", help="address for --metrics-port (default: 127.0.0.1)")
+    p.add_argument(
         "--workers",
         type=_workers,
         metavar="N",
@@ -396,6 +412,19 @@ async def _serve(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
+            if options["metrics_port"]:
+                metrics_port = await nursery.start(
+                    partial(
+                        serve_metrics,
+                        service,
+                        options["metrics_port"],
+                        host=options["metrics_host"],
+                    )
+                )
+                logger.info(
+                    "metrics at http://%s/metrics",
+                    format_address((options["metrics_host"], metrics_port)),
+                )
             print(
                 f"{who}: serving {_what(options, service)}: {service.describe()}", file=sys.stderr
             )
@@ -443,6 +472,7 @@ async def _drain_then_stop(service: Service, scope: trio.CancelScope, left: list
 
 def _run_serve(args: argparse.Namespace) -> int:
     options = _serve_options(args)
+    _use_log_format(options["log_format"])
     settings, dev = _settings_from(options, make_dev_pki=True)
     protocols = options["protocols"]
     tls, dtls = "tls" in protocols, "dtls" in protocols
@@ -538,10 +568,14 @@ def _run_workers(options: dict[str, Any], settings: ServerSettings, dev: bool, c
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=getattr(logging, level.upper()), format=TEXT_FORMAT, stream=sys.stderr
     )
+
+
+def _use_log_format(kind: str) -> None:
+    formatter = make_formatter(kind)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

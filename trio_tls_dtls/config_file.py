@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
     "workers": 1,
     "forward_tcp": None,
     "forward_udp": None,
+    "log_format": "text",
+    "metrics_port": None,
+    "metrics_host": "127.0.0.1",
 }
 """Every serve option and its default."""
 
@@ -171,6 +174,9 @@ _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "workers": _workers,
     "forward_tcp": _host_port,
     "forward_udp": _host_port,
+    "log_format": _choice("text", "json"),
+    "metrics_port": _int_in(1, 65535, "a port 1-65535"),
+    "metrics_host": _string,
 }
 assert _CHECKS.keys() == DEFAULTS.keys()
 

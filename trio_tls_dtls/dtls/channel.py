@@ -99,6 +99,11 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         return self._handshake_done
 
     @property
+    def peer_closed(self) -> bool:
+        """True once the peer's close_notify has been read."""
+        return self._engine.peer_closed
+
+    @property
     def max_message_size(self) -> int:
         """The largest datagram :meth:`send` accepts at the current MTU."""
         return self._engine.max_message_size

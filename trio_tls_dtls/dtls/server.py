@@ -29,6 +29,7 @@ from typing import NoReturn
 import trio
 from OpenSSL import SSL
 
+from ..access import LatencyHistogram, log_close
 from ..config import ServerSettings
 from ..context import build_server_context
 from ..engine import DTLSEngine
@@ -83,6 +84,10 @@ class DTLSServerStats:
     handshakes_failed: Counter[str] = field(default_factory=Counter)
     handler_errors: int = 0
     idle_timeouts: int = 0
+    closed_by_reason: Counter[str] = field(default_factory=Counter)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    handshake_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 class _Peer:
@@ -336,14 +341,21 @@ class DTLSServer:
         address = key[1]
         channel = DTLSChannel(peer.link, engine, offload=self.offload, peer_address=address)
         peer.channel = channel
+        started = trio.current_time()
+        info: PeerInfo | None = None
+        reason, error = "cancelled", None
         try:
             with peer.scope:
-                info = await self._handshake(channel, address)
+                info, reason, error = await self._handshake(channel, address)
                 if info is not None:
-                    await self._run_handler(channel, info)
+                    reason = await self._run_handler(channel, info)
+            if peer.scope.cancelled_caught:  # replaced, evicted, or cut by a drain
+                reason = "drained" if not self.admitting else "removed"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = "broken"
             logger.info("DTLS peer %s ended: %s", format_address(address), exc)
         except Exception:
+            reason = "error"
             self.stats.handler_errors += 1
             logger.exception("DTLS handler failed for %s", format_address(address))
         finally:
@@ -352,8 +364,24 @@ class DTLSServer:
             self._peer_ended.set()
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await channel.aclose()
+            self.stats.bytes_in += channel.bytes_received
+            self.stats.bytes_out += channel.bytes_sent
+            self.stats.closed_by_reason[reason] += 1
+            log_close(
+                address=address,
+                transport="dtls",
+                info=info,
+                bytes_in=channel.bytes_received,
+                bytes_out=channel.bytes_sent,
+                duration=trio.current_time() - started,
+                reason=reason,
+                handshake_error=error,
+            )
 
-    async def _handshake(self, channel: DTLSChannel, address: Address) -> PeerInfo | None:
+    async def _handshake(
+        self, channel: DTLSChannel, address: Address
+    ) -> tuple[PeerInfo | None, str, str | None]:
+        """The peer's info, or None with why: (info, close reason, handshake error)."""
         started = trio.current_time()
         try:
             with trio.fail_after(self.settings.handshake_timeout):
@@ -365,18 +393,20 @@ class DTLSServer:
                 format_address(address),
                 self.settings.handshake_timeout,
             )
-            return None
+            return None, "handshake_timeout", None
         except HandshakeError as exc:
             self.stats.handshakes_failed[exc.reason] += 1
             logger.info("DTLS handshake from %s failed: %s", format_address(address), exc.reason)
-            return None
+            return None, "handshake_failed", exc.reason
+        elapsed = trio.current_time() - started
         self.stats.handshakes_ok += 1
+        self.stats.handshake_seconds.observe(elapsed)
         info = channel.info
-        elapsed_ms = (trio.current_time() - started) * 1000
-        logger.info("DTLS handshake ok: %s time=%.1fms", info.describe(), elapsed_ms)
-        return info
+        logger.info("DTLS handshake ok: %s time=%.1fms", info.describe(), elapsed * 1000)
+        return info, "handshake_done", None
 
-    async def _run_handler(self, channel: DTLSChannel, info: PeerInfo) -> None:
+    async def _run_handler(self, channel: DTLSChannel, info: PeerInfo) -> str:
+        """Run the handler under the idle timeout; why the peer ended."""
         timeout = self.settings.idle_timeout
         with trio.CancelScope(deadline=math.inf) as scope:
             if timeout is not None:
@@ -385,6 +415,10 @@ class DTLSServer:
         if scope.cancelled_caught:
             self.stats.idle_timeouts += 1
             logger.info("DTLS peer %s idle for %gs: removed", format_address(info.address), timeout)
+            return "idle_timeout"
+        if not self.admitting:
+            return "drained"
+        return "peer_closed" if channel.peer_closed else "handler_done"
 
 
 async def _say_goodbye(peer: _Peer) -> None:

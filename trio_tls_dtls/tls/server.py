@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import trio
 from OpenSSL import SSL
 
+from ..access import LatencyHistogram, log_close
 from ..config import ServerSettings
 from ..context import build_server_context
 from ..engine import TLSEngine
@@ -60,6 +61,10 @@ class TLSServerStats:
     handler_errors: int = 0
     idle_timeouts: int = 0
     closed: int = 0
+    closed_by_reason: Counter[str] = field(default_factory=Counter)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    handshake_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 class TLSServer:
@@ -87,6 +92,7 @@ class TLSServer:
         # Open connections, with the scope that cuts each one short.
         self._connections: dict[TLSStream, trio.CancelScope] = {}
         self._connection_ended = trio.Event()
+        self._draining = False
 
     @property
     def addresses(self) -> list[Address]:
@@ -120,6 +126,7 @@ class TLSServer:
         :meth:`serve` cuts them.
         """
         self._accepting.cancel()
+        self._draining = True
         async with trio.open_nursery() as nursery:
             for stream, scope in list(self._connections.items()):
                 nursery.start_soon(_say_goodbye, stream, scope)
@@ -167,14 +174,21 @@ class TLSServer:
             transport, TLSEngine.server(self.context), offload=self.offload, peer_address=address
         )
         scope = self._connections[stream] = trio.CancelScope()
+        started = trio.current_time()
+        info: PeerInfo | None = None
+        reason, error = "cancelled", None
         try:
             with scope:
-                info = await self._handshake(stream, address)
+                info, reason, error = await self._handshake(stream, address)
                 if info is not None:
-                    await self._run_handler(stream, info)
+                    reason = await self._run_handler(stream, info)
+            if scope.cancelled_caught:  # a drain cut a connection still in its handshake
+                reason = "drained"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = "broken"
             logger.info("connection from %s ended: %s", format_address(address), exc)
         except Exception:
+            reason = "error"
             self.stats.handler_errors += 1
             logger.exception("handler failed for %s", format_address(address))
         finally:
@@ -182,8 +196,24 @@ class TLSServer:
             # aclose closes the socket even when this deadline cancels it.
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await stream.aclose()
+            self.stats.bytes_in += stream.bytes_received
+            self.stats.bytes_out += stream.bytes_sent
+            self.stats.closed_by_reason[reason] += 1
+            log_close(
+                address=address,
+                transport="tls",
+                info=info,
+                bytes_in=stream.bytes_received,
+                bytes_out=stream.bytes_sent,
+                duration=trio.current_time() - started,
+                reason=reason,
+                handshake_error=error,
+            )
 
-    async def _handshake(self, stream: TLSStream, address: Address) -> PeerInfo | None:
+    async def _handshake(
+        self, stream: TLSStream, address: Address
+    ) -> tuple[PeerInfo | None, str, str | None]:
+        """The peer's info, or None with why: (info, close reason, handshake error)."""
         started = trio.current_time()
         try:
             with trio.fail_after(self.settings.handshake_timeout):
@@ -195,18 +225,20 @@ class TLSServer:
                 format_address(address),
                 self.settings.handshake_timeout,
             )
-            return None
+            return None, "handshake_timeout", None
         except HandshakeError as exc:
             self.stats.handshakes_failed[exc.reason] += 1
             logger.info("TLS handshake from %s failed: %s", format_address(address), exc.reason)
-            return None
+            return None, "handshake_failed", exc.reason
+        elapsed = trio.current_time() - started
         self.stats.handshakes_ok += 1
+        self.stats.handshake_seconds.observe(elapsed)
         info = stream.info
-        elapsed_ms = (trio.current_time() - started) * 1000
-        logger.info("TLS handshake ok: %s time=%.1fms", info.describe(), elapsed_ms)
-        return info
+        logger.info("TLS handshake ok: %s time=%.1fms", info.describe(), elapsed * 1000)
+        return info, "handshake_done", None
 
-    async def _run_handler(self, stream: TLSStream, info: PeerInfo) -> None:
+    async def _run_handler(self, stream: TLSStream, info: PeerInfo) -> str:
+        """Run the handler under the idle timeout; why the connection ended."""
         timeout = self.settings.idle_timeout
         with trio.CancelScope(deadline=math.inf) as scope:
             if timeout is not None:
@@ -218,6 +250,10 @@ class TLSServer:
             logger.info(
                 "closing %s: idle for %gs", format_address(info.address), self.settings.idle_timeout
             )
+            return "idle_timeout"
+        if self._draining:
+            return "drained"
+        return "peer_closed" if stream.peer_closed else "handler_done"
 
 
 async def _say_goodbye(stream: TLSStream, scope: trio.CancelScope) -> None:

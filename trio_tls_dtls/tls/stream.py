@@ -125,6 +125,11 @@ class TLSStream(trio.abc.Stream):
         return self._handshake_done
 
     @property
+    def peer_closed(self) -> bool:
+        """True once the peer's close_notify has been read."""
+        return self._engine.peer_closed
+
+    @property
     def session(self) -> SSL.Session | None:
         """The session to pass to a later client connection to resume it.
 
