@@ -272,3 +272,37 @@ def test_workers_flag_errors(pki: PKIFiles, tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('workers = "several"\n')
     assert_one_line_error(run_cli("check-config", str(config)), str(config), "'workers'")
+
+
+async def test_sighup_rolls_new_workers_with_the_new_certificate(
+    pki: PKIFiles, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_bytes(pki.server_cert.read_bytes())
+    key.write_bytes(pki.server_key.read_bytes())
+    key.chmod(0o600)
+    async with workers("--cert", str(cert), "--key", str(key), "--tls-only") as running:
+        old = set(running.serving_pids())
+        fresh = pki.pki.issue_server()
+        cert.write_bytes(fresh.cert_pem)
+        key.write_bytes(fresh.key_pem)
+        running.process.send_signal(signal.SIGHUP)
+        await running.read_until(SERVING, 4)  # a new generation of two
+        await running.read_until(re.compile(rb": drained:"), 2)  # the old one drained
+        assert running.children().isdisjoint(old)
+        settings = pki.client_settings()
+        for _ in range(4):
+            stream = await open_tls_stream("127.0.0.1", running.port, settings=settings)
+            assert stream.info.certificate is not None
+            assert stream.info.certificate.serial_number == fresh.cert.serial_number
+            await stream.aclose()
+        # A bad file keeps the running workers.
+        current = running.children()
+        key.write_text("garbage\n")
+        running.process.send_signal(signal.SIGHUP)
+        await running.read_until(re.compile(rb"reload failed, keeping the running workers"))
+        assert str(key).encode() in running.output
+        assert running.children() == current
+        running.process.send_signal(signal.SIGTERM)
+        await running.wait_exit()
+        assert running.process.returncode == 0
