@@ -341,6 +341,108 @@ def run_memory(pki: Path, opts: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+class WorkersServer:
+    """`trio-tlsd serve --workers N --tls-only` on a fixed free port; stopped by its PID."""
+
+    def __init__(self, count: int, pki: Path) -> None:
+        self.kind = f"ours-tls-workers{count}"
+        self.port = _free_port()
+        argv = [
+            sys.executable, "-m", "trio_tls_dtls", "--log-level", "warning", "serve",
+            "--tls-only", "--host", "127.0.0.1", "--port", str(self.port),
+            "--cert", str(pki / "server.pem"), "--key", str(pki / "server.key"),
+            "--workers", str(count), "--max-connections", "4096",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=pki)
+        assert self.proc.stderr is not None
+        seen = 0
+        while seen < count:  # each worker announces itself once it listens
+            line = self.proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"{self.kind} did not start (exit {self.proc.poll()})")
+            seen += ": serving " in line
+
+    def cpu_seconds(self) -> float:
+        """CPU of the parent and its workers (the workers do the work)."""
+        pids = [self.proc.pid]
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        pids += [int(p) for p in children.read_text().split()]
+        total = 0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / CLOCK_TICKS
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # the parent drains its workers
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as tcp:
+        tcp.bind(("127.0.0.1", 0))
+        return int(tcp.getsockname()[1])
+
+
+def run_scaling(pki: Path, opts: argparse.Namespace) -> list[dict[str, Any]]:
+    """W9: full TLS handshakes/s with `--workers 1` and `--workers 2`, taking turns."""
+    print("W9: handshakes/s, serve --workers 1 vs --workers 2 (32 clients)", flush=True)
+    measured = {n: Measured(f"ours-tls-workers{n}") for n in (1, 2)}
+    running = []
+    try:
+        running = [(n, WorkersServer(n, pki)) for n in (1, 2)]
+        for turn in range(opts.rounds + 1):
+            for n, server in running:
+                cfg = BenchConfig(
+                    proto="tls",
+                    mode="handshake",
+                    host="127.0.0.1",
+                    port=server.port,
+                    clients=32,
+                    duration=opts.warmup if turn == 0 else opts.duration,
+                    procs=max(opts.procs, 2),
+                    ca_file=pki / "ca.pem",
+                    servername="localhost",
+                )
+                before = server.cpu_seconds()
+                report = run_bench(cfg, check=False)
+                cpu = server.cpu_seconds() - before
+                if turn == 0:
+                    continue
+                s = report.sizes[0]
+                m = measured[n]
+                m.rates.append(s.ops_per_s)
+                m.ops += s.ops
+                m.errors += s.errors
+                m.cpu += cpu
+                m.p50.append(s.latency_us["p50"])
+                m.p99.append(s.latency_us["p99"])
+                print(
+                    f"  turn {turn} workers {n}: {s.ops_per_s:>7,.0f}/s"
+                    f"  cpu {cpu * 1e6 / max(s.ops, 1):>7,.1f} µs/op  errors {s.errors}",
+                    flush=True,
+                )
+    finally:
+        for _, server in running:
+            server.stop()
+    one = measured[1].row()
+    rows = []
+    for m in measured.values():
+        row = m.row()
+        row.update(workload="W9", title="handshakes/s by --workers", mode="handshake", size=0)
+        row["rate_vs_one_worker"] = _ratio(row["rate"], one["rate"])
+        row["ours"] = True
+        rows.append(row)
+    return rows
+
+
 # -- targets, tables, docs --------------------------------------------------------------
 
 
@@ -382,6 +484,17 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     for size in (64, 1000):
         relative("W6", size, "trio-dtls", 0.5, f"W6 {size} B CPU <= 0.5x trio DTLSEndpoint")
         relative("W6", size, "udp", 1.5, f"W6 {size} B CPU <= 1.5x plain UDP")
+    one, two = _find(rows, "W9", "ours-tls-workers1"), _find(rows, "W9", "ours-tls-workers2")
+    if one and two and one["rate"]:
+        ratio = two["rate"] / one["rate"]
+        note = (
+            f"{one['rate']:,.0f} vs {two['rate']:,.0f}/s; the load client shares the "
+            f"{os.cpu_count()} cores"
+        )
+        out.append(
+            ("W9 --workers 2 handshakes/s >= 1.7x one worker", f"{ratio:.2f}x",
+             "met" if ratio >= 1.7 else "missed", note)
+        )  # fmt: skip
     for kind, limit in (("ours-tls", 38.0), ("ours-dtls", 72.0)):
         row = _find(rows, "W7", kind)
         if row:
@@ -415,7 +528,7 @@ def table_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         "server CPU µs/op",
         "CPU vs trio",
         "CPU vs ceiling",
-        "rate vs trio",
+        "rate vs trio (W9: vs 1 worker)",
         "p50 / p99 µs",
         "errors",
     ]
@@ -432,9 +545,9 @@ def table_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
                 _fmt(r["rate"], 0),
                 _fmt(r["mb_per_s"], 2) if r["mode"] != "handshake" else "-",
                 _fmt(r["cpu_us_per_op"]),
-                _fmt(r["cpu_vs_trio"], 2),
+                _fmt(r.get("cpu_vs_trio"), 2),
                 _fmt(r.get("cpu_vs_ceiling"), 2),
-                _fmt(r["rate_vs_trio"], 2),
+                _fmt(r.get("rate_vs_trio", r.get("rate_vs_one_worker")), 2),
                 f"{_fmt(r['p50_us'], 0)} / {_fmt(r['p99_us'], 0)}",
                 str(r["errors"]),
             ]
@@ -613,6 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows += run_workload(w, pki, opts)
         if not only or "W7" in only:
             rows += run_memory(pki, opts)
+        if not only or "W9" in only:
+            rows += run_scaling(pki, opts)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "run": run.strip(),
