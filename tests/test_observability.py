@@ -8,19 +8,29 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PKIFiles
 from tests.core.dtls_pair import first_client_hello
 from tests.helpers import port_of, running_dtls_server, running_tls_server
 from tests.test_cli import CLI, EMPTY_DIR, assert_one_line_error, run_cli
-from trio_tls_dtls import Service, open_dtls_channel, open_tls_stream, serve_metrics
+from trio_tls_dtls import (
+    HandshakeError,
+    Service,
+    open_dtls_channel,
+    open_tls_stream,
+    serve_metrics,
+)
+from trio_tls_dtls.access import LatencyHistogram
 from trio_tls_dtls.dtls.records import parse_client_hello
-from trio_tls_dtls.logformat import JSONFormatter
+from trio_tls_dtls.logformat import JSONFormatter, make_formatter
+from trio_tls_dtls.metrics import metrics_registry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -133,7 +143,8 @@ def sample(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name} {labels} in:\n{text}")
 
 
-async def send_bogus_cookie(pki: PKIFiles, port: int) -> None:
+async def send_second_client_hello(pki: PKIFiles, port: int, *, tamper: bool) -> None:
+    """Do the cookie exchange, send the second ClientHello (bad cookie if *tamper*), go quiet."""
     client, hello = first_client_hello(pki)
     sock = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
     with sock:
@@ -143,10 +154,16 @@ async def send_bogus_cookie(pki: PKIFiles, port: int) -> None:
             client.receive_datagram(await sock.recv(65536))
         client.do_handshake()
         [second] = client.datagrams_to_send()
-        tampered = bytearray(second)
-        tampered[second.index(parse_client_hello(second).cookie) + 3] ^= 0xFF
-        await sock.sendto(bytes(tampered), (LOCAL, port))
+        if tamper:
+            tampered = bytearray(second)
+            tampered[second.index(parse_client_hello(second).cookie) + 3] ^= 0xFF
+            second = bytes(tampered)
+        await sock.sendto(second, (LOCAL, port))
         await trio.sleep(0.2)
+
+
+async def send_bogus_cookie(pki: PKIFiles, port: int) -> None:
+    await send_second_client_hello(pki, port, tamper=True)
 
 
 async def test_metrics_endpoint_counts_handshakes_and_rejected_cookies(pki: PKIFiles) -> None:
@@ -234,3 +251,125 @@ def test_bad_observability_options(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('log_format = "yaml"\n')
     assert_one_line_error(run_cli("check-config", str(config)), str(config), "'log_format'")
+
+
+async def test_dtls_close_reasons_for_failures_and_idle(
+    pki: PKIFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    settings = pki.mtls_server_settings(idle_timeout=0.3, handshake_timeout=0.5)
+    async with running_dtls_server(settings) as server:
+        port = port_of(server)
+        with trio.fail_after(5), pytest.raises(HandshakeError):  # no client certificate
+            await open_dtls_channel(LOCAL, port, settings=pki.client_settings())
+        await wait_for_records(caplog, 1)
+        channel = await open_dtls_channel(LOCAL, port, settings=pki.client_settings(with_cert=True))
+        await wait_for_records(caplog, 2)  # idle: the server removes the peer
+        await channel.aclose()
+        await send_second_client_hello(pki, port, tamper=False)  # admitted, then silent
+        await wait_for_records(caplog, 3)
+    failed, idle, timed_out = close_records(caplog)
+    assert failed["transport"] == "dtls"
+    assert failed["reason"] == "handshake_failed"
+    assert failed["handshake_error"] == "peer did not return a certificate"
+    assert failed["client_cert"] is None
+    assert idle["reason"] == "idle_timeout"
+    assert "CN=trio-tlsd client" in str(idle["client_cert"])
+    assert (idle["bytes_in"], idle["bytes_out"]) == (0, 0)
+    assert timed_out["reason"] == "handshake_timeout"
+    assert server.stats.closed_by_reason == {
+        "handshake_failed": 1,
+        "idle_timeout": 1,
+        "handshake_timeout": 1,
+    }
+
+
+async def test_metrics_count_failed_handshakes_by_reason(pki: PKIFiles) -> None:
+    async with trio.open_nursery() as nursery:
+        service = Service(pki.server_settings(handshake_timeout=0.5))
+        await service.bind(0, LOCAL)
+        await nursery.start(service.run)
+        metrics_port = await nursery.start(serve_metrics, service, 0)
+        raw = await trio.open_tcp_stream(LOCAL, service.port)
+        await raw.send_all(b"GET / HTTP/1.0\r\n\r\n")  # not TLS
+        with trio.fail_after(5):
+            assert await raw.receive_some() is not None  # the server closes (maybe an alert)
+        await raw.aclose()
+        await send_second_client_hello(pki, service.port, tamper=False)
+        assert service.tls is not None and service.dtls is not None
+        with trio.fail_after(5):
+            while sum(service.dtls.stats.closed_by_reason.values()) < 1:
+                await trio.sleep(0.01)
+
+        _, body = await http_get(metrics_port, "/metrics")
+        [tls_reason] = service.tls.stats.handshakes_failed
+        assert tls_reason  # OpenSSL's words, e.g. "http request"
+        labels = {"transport": "tls", "outcome": "failed"}
+        assert sample(body, "trio_tlsd_handshakes_total", **labels, reason=tls_reason) == 1
+        labels = {"transport": "dtls", "outcome": "failed"}
+        assert sample(body, "trio_tlsd_handshakes_total", **labels, reason="timeout") == 1
+        assert (
+            sample(body, "trio_tlsd_closed_total", transport="tls", reason="handshake_failed") == 1
+        )
+        labels = {"transport": "dtls", "reason": "handshake_timeout"}
+        assert sample(body, "trio_tlsd_closed_total", **labels) == 1
+        assert sample(body, "trio_tlsd_dtls_cookies_total", outcome="verified") == 1
+        assert sample(body, "trio_tlsd_dtls_peers_total") == 1
+        assert sample(body, "trio_tlsd_handshake_seconds_count", transport="tls") == 0
+        assert sample(body, "trio_tlsd_reloads_total", outcome="ok") == 0
+        nursery.cancel_scope.cancel()
+
+
+def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    hist = LatencyHistogram()
+    for seconds in (0.001, 0.003, 0.003, 60.0):
+        hist.observe(seconds)
+    cumulative = dict(hist.cumulative())
+    assert cumulative[0.001] == 1  # an observation on a bound counts in that bucket
+    assert cumulative[0.0025] == 1
+    assert cumulative[0.005] == 3
+    assert cumulative[10.0] == 3
+    assert cumulative[float("inf")] == 4 == hist.count
+    assert hist.total == pytest.approx(60.007)
+
+
+def test_registry_exports_the_histogram_of_one_service(pki: PKIFiles) -> None:
+    service = Service(pki.server_settings())
+    assert service.tls is not None
+    service.tls.stats.handshake_seconds.observe(0.004)
+    service.tls.stats.bytes_out = 7
+    body = generate_latest(metrics_registry(service)).decode()
+    assert sample(body, "trio_tlsd_handshake_seconds_bucket", transport="tls", le="0.0025") == 0
+    assert sample(body, "trio_tlsd_handshake_seconds_bucket", transport="tls", le="0.005") == 1
+    assert sample(body, "trio_tlsd_handshake_seconds_sum", transport="tls") == 0.004
+    assert sample(body, "trio_tlsd_bytes_sent_total", transport="tls") == 7
+    assert "trio_tlsd_" not in generate_latest(REGISTRY).decode()  # not the global registry
+
+
+def test_json_formatter_keeps_exceptions_and_rejects_unknown_formats() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord(
+            "trio_tls_dtls", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+    entry = json.loads(make_formatter("json").format(record))
+    assert entry["level"] == "error"
+    assert "conn" not in entry
+    assert "ValueError: boom" in entry["exception"]
+    assert make_formatter("text").format(record).split(" ", 2)[2].startswith("ERROR trio_tls_dtls")
+    with pytest.raises(ValueError, match="xml"):
+        make_formatter("xml")
+
+
+def test_bad_metrics_options(pki: PKIFiles, tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("serve", "--metrics-port", "0"), "--metrics-port")
+    # Worker k serves metrics on P + k: the last one must still be a port.
+    files = ["--cert", str(pki.server_cert), "--key", str(pki.server_key)]
+    result = run_cli("serve", *files, "--workers", "2", "--port", "4433", "--metrics-port", "65535")
+    assert_one_line_error(result, "--metrics-port 65535")
+    config = tmp_path / "bad.toml"
+    config.write_text("metrics_port = 0\n")
+    assert_one_line_error(run_cli("check-config", str(config)), str(config), "'metrics_port'")
+    config.write_text("metrics_host = 5\n")
+    assert_one_line_error(run_cli("check-config", str(config)), str(config), "'metrics_host'")

@@ -75,6 +75,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _metrics_port(text: str) -> int:
+    value = _port(text)
+    if value == 0:  # worker k serves on P + k: a fixed port is needed
+        raise argparse.ArgumentTypeError("metrics port must be 1-65535, not 0")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -237,7 +244,7 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     p.add_argument(
         "--metrics-port",
-        type=_port,
+        type=_metrics_port,
         metavar="P",
         help="serve Prometheus metrics at http://HOST:P/metrics (default: off)",
     )
@@ -412,7 +419,7 @@ async def _serve(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
-            if options["metrics_port"]:
+            if options["metrics_port"] is not None:
                 metrics_port = await nursery.start(
                     partial(
                         serve_metrics,
@@ -526,6 +533,9 @@ class _Shared:
 def _run_workers(options: dict[str, Any], settings: ServerSettings, dev: bool, count: int) -> int:
     if options["port"] == 0:
         raise ConfigError("--workers needs a fixed --port (with port 0 each would get its own)")
+    metrics_port = options["metrics_port"]
+    if metrics_port is not None and metrics_port + count - 1 > 65535:
+        raise ConfigError(f"--metrics-port {metrics_port}: no room for ports P..P+{count - 1}")
     tls, dtls = "tls" in options["protocols"], "dtls" in options["protocols"]
     # A random cookie secret is made once, so a reload keeps it; one from a
     # file is read again on reload.
@@ -552,7 +562,7 @@ def _run_workers(options: dict[str, Any], settings: ServerSettings, dev: bool, c
             **_handlers(options),
         )
         worker_options = dict(options)
-        if worker_options.get("metrics_port"):  # one metrics port per worker
+        if worker_options.get("metrics_port") is not None:  # one metrics port per worker
             worker_options["metrics_port"] += index
         return trio.run(_serve, worker_options, service, dev, index)
 

@@ -15,6 +15,8 @@ relative to the file's folder. Example::
     verify_client = "required"
     idle_timeout = 120          # or false for none
     cookie_secret_file = "cookie.key"
+    log_format = "json"         # or "text" (the default)
+    metrics_port = 9464         # Prometheus: http://127.0.0.1:9464/metrics
 
 An unknown key, a value of the wrong type or an impossible value is a
 :class:`~trio_tls_dtls.errors.ConfigError` naming the key and the file.
