@@ -30,7 +30,7 @@ from trio_tls_dtls import (
 from trio_tls_dtls.access import LatencyHistogram
 from trio_tls_dtls.dtls.records import parse_client_hello
 from trio_tls_dtls.logformat import JSONFormatter, make_formatter
-from trio_tls_dtls.metrics import metrics_registry
+from trio_tls_dtls.metrics import MAX_REQUEST, REQUEST_TIMEOUT, metrics_registry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -373,3 +373,36 @@ def test_bad_metrics_options(pki: PKIFiles, tmp_path: Path) -> None:
     assert_one_line_error(run_cli("check-config", str(config)), str(config), "'metrics_port'")
     config.write_text("metrics_host = 5\n")
     assert_one_line_error(run_cli("check-config", str(config)), str(config), "'metrics_host'")
+
+
+async def raw_http(port: int, request: bytes) -> bytes:
+    stream = await trio.open_tcp_stream(LOCAL, port)
+    await stream.send_all(request)
+    reply = b""
+    # Well before REQUEST_TIMEOUT: the server answers as soon as it has read enough.
+    with trio.fail_after(REQUEST_TIMEOUT - 1):
+        while chunk := await stream.receive_some():
+            reply += chunk
+    await stream.aclose()
+    return reply
+
+
+async def test_metrics_endpoint_refuses_other_methods_and_bounds_requests(pki: PKIFiles) -> None:
+    async with trio.open_nursery() as nursery:
+        service = Service(pki.server_settings(), dtls=False)
+        port = await nursery.start(serve_metrics, service, 0)
+        reply = await raw_http(port, b"POST /metrics HTTP/1.0\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.0 405 ")
+        # A request line that never ends is cut after MAX_REQUEST bytes, not read
+        # forever: an error reply, or a reset when the unread rest is thrown away.
+        try:
+            reply = await raw_http(port, b"GET /metrics" + b"x" * (MAX_REQUEST + 100))
+        except trio.BrokenResourceError:
+            pass
+        else:
+            assert reply.startswith(b"HTTP/1.0 404 ")
+        reply = await raw_http(port, b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.0 200 OK\r\n")
+        assert b"trio_tlsd_tls_connections_total 0.0" in reply
+        assert b"trio_tlsd_dtls_" not in reply  # no DTLS server, no DTLS metrics
+        nursery.cancel_scope.cancel()
