@@ -348,6 +348,7 @@ class DTLSServer:
             with peer.scope:
                 info, reason, error = await self._handshake(channel, address)
                 if info is not None:
+                    reason = "cancelled"  # unless the handler returns
                     reason = await self._run_handler(channel, info)
             if peer.scope.cancelled_caught:  # replaced, evicted, or cut by a drain
                 reason = "drained" if not self.admitting else "removed"
@@ -362,21 +363,24 @@ class DTLSServer:
             self.peers.remove(key, peer)
             self.stats.peers_active -= 1
             self._peer_ended.set()
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await channel.aclose()
-            self.stats.bytes_in += channel.bytes_received
-            self.stats.bytes_out += channel.bytes_sent
-            self.stats.closed_by_reason[reason] += 1
-            log_close(
-                address=address,
-                transport="dtls",
-                info=info,
-                bytes_in=channel.bytes_received,
-                bytes_out=channel.bytes_sent,
-                duration=trio.current_time() - started,
-                reason=reason,
-                handshake_error=error,
-            )
+            # A hard stop makes aclose raise Cancelled: account and log anyway.
+            try:
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await channel.aclose()
+            finally:
+                self.stats.bytes_in += channel.bytes_received
+                self.stats.bytes_out += channel.bytes_sent
+                self.stats.closed_by_reason[reason] += 1
+                log_close(
+                    address=address,
+                    transport="dtls",
+                    info=info,
+                    bytes_in=channel.bytes_received,
+                    bytes_out=channel.bytes_sent,
+                    duration=trio.current_time() - started,
+                    reason=reason,
+                    handshake_error=error,
+                )
 
     async def _handshake(
         self, channel: DTLSChannel, address: Address

@@ -181,6 +181,7 @@ class TLSServer:
             with scope:
                 info, reason, error = await self._handshake(stream, address)
                 if info is not None:
+                    reason = "cancelled"  # unless the handler returns
                     reason = await self._run_handler(stream, info)
             if scope.cancelled_caught:  # a drain cut a connection still in its handshake
                 reason = "drained"
@@ -194,21 +195,24 @@ class TLSServer:
         finally:
             del self._connections[stream]
             # aclose closes the socket even when this deadline cancels it.
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await stream.aclose()
-            self.stats.bytes_in += stream.bytes_received
-            self.stats.bytes_out += stream.bytes_sent
-            self.stats.closed_by_reason[reason] += 1
-            log_close(
-                address=address,
-                transport="tls",
-                info=info,
-                bytes_in=stream.bytes_received,
-                bytes_out=stream.bytes_sent,
-                duration=trio.current_time() - started,
-                reason=reason,
-                handshake_error=error,
-            )
+            # A hard stop makes aclose raise Cancelled: account and log anyway.
+            try:
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await stream.aclose()
+            finally:
+                self.stats.bytes_in += stream.bytes_received
+                self.stats.bytes_out += stream.bytes_sent
+                self.stats.closed_by_reason[reason] += 1
+                log_close(
+                    address=address,
+                    transport="tls",
+                    info=info,
+                    bytes_in=stream.bytes_received,
+                    bytes_out=stream.bytes_sent,
+                    duration=trio.current_time() - started,
+                    reason=reason,
+                    handshake_error=error,
+                )
 
     async def _handshake(
         self, stream: TLSStream, address: Address
