@@ -29,7 +29,7 @@ from trio_tls_dtls import (
 )
 from trio_tls_dtls.access import LatencyHistogram
 from trio_tls_dtls.dtls.records import parse_client_hello
-from trio_tls_dtls.logformat import JSONFormatter, make_formatter
+from trio_tls_dtls.logformat import JSONFormatter, make_formatter, status_line
 from trio_tls_dtls.metrics import MAX_REQUEST, REQUEST_TIMEOUT, metrics_registry
 
 pytestmark = pytest.mark.timeout(60)
@@ -239,10 +239,29 @@ async def test_cli_serve_with_metrics_port_and_json_logs(pki: PKIFiles) -> None:
         if process.returncode is None:
             process.kill()
     assert process.returncode == 0
-    lines = [json.loads(line) for line in output.decode().splitlines() if line.startswith("{")]
+    # Every line is JSON, the status lines (serving, connect with, drained) too.
+    lines = [json.loads(line) for line in output.decode().splitlines()]
+    status = [e["message"] for e in lines if e["logger"] == "trio_tls_dtls.cli"]
+    assert any(m.startswith("trio-tlsd: serving TLS echo") for m in status)
+    assert any(m.startswith("trio-tlsd: drained") for m in status)
     closes = [entry for entry in lines if entry["logger"] == "trio_tls_dtls.access"]
     assert closes and closes[0]["conn"]["reason"] == "peer_closed"
     assert any(e["message"].startswith("TLS handshake ok") for e in lines)
+
+
+def test_status_line_follows_the_root_format() -> None:
+    assert status_line("trio-tlsd: serving x") == "trio-tlsd: serving x"
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONFormatter())
+    root.addHandler(handler)
+    try:
+        entry = json.loads(status_line("port in use", level=logging.ERROR))
+    finally:
+        root.removeHandler(handler)
+    assert entry["message"] == "port in use"
+    assert entry["level"] == "error"
+    assert entry["logger"] == "trio_tls_dtls.cli"
 
 
 def test_bad_observability_options(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ from .dtls.server import DTLSHandler, cookie_secrets_for
 from .errors import ConfigError, TLSDError
 from .forward import forward_tcp, forward_udp
 from .info import format_address
-from .logformat import TEXT_FORMAT, make_formatter
+from .logformat import TEXT_FORMAT, make_formatter, status_line
 from .metrics import serve_metrics
 from .service import Service
 from .targets import parse_target
@@ -433,14 +433,15 @@ async def _serve(
                     format_address((options["metrics_host"], metrics_port)),
                 )
             print(
-                f"{who}: serving {_what(options, service)}: {service.describe()}", file=sys.stderr
+                status_line(f"{who}: serving {_what(options, service)}: {service.describe()}"),
+                file=sys.stderr,
             )
             if service.dtls is not None:
                 logger.info("DTLS cookie secret fingerprint %s", service.dtls.cookies.fingerprint)
             for is_dtls, server in ((False, service.tls), (True, service.dtls)):
                 if server is not None and not worker:
                     hint = connect_hint(service.port, service.settings, dev, dtls=is_dtls)
-                    print(f"connect with: {hint}", file=sys.stderr)
+                    print(status_line(f"connect with: {hint}"), file=sys.stderr)
             sys.stderr.flush()
             draining = False
             async for signum in signals:
@@ -464,7 +465,7 @@ async def _serve(
                 nursery.start_soon(_drain_then_stop, service, nursery.cancel_scope, left)
     how = "stopped at once by a second signal" if forced else "drained"
     print(
-        f"{who}: {how}: {service.summary()}; {left[0]} still open when stopped",
+        status_line(f"{who}: {how}: {service.summary()}; {left[0]} still open when stopped"),
         file=sys.stderr,
     )
     return 1 if forced else 0
@@ -566,11 +567,16 @@ def _run_workers(options: dict[str, Any], settings: ServerSettings, dev: bool, c
             worker_options["metrics_port"] += index
         return trio.run(_serve, worker_options, service, dev, index)
 
-    print(f"trio-tlsd: starting {count} workers on port {options['port']}", file=sys.stderr)
+    print(
+        status_line(f"trio-tlsd: starting {count} workers on port {options['port']}"),
+        file=sys.stderr,
+    )
     supervisor = Supervisor(count, prepare, run_worker)
     status = supervisor.run()
     print(
-        f"trio-tlsd: all workers stopped ({supervisor.restarts} restarted after a crash)",
+        status_line(
+            f"trio-tlsd: all workers stopped ({supervisor.restarts} restarted after a crash)"
+        ),
         file=sys.stderr,
     )
     return status
@@ -596,10 +602,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.run(args)
     except TLSDError as exc:
-        print(f"trio-tlsd: error: {_one_line(exc)}", file=sys.stderr)
+        print(
+            status_line(f"trio-tlsd: error: {_one_line(exc)}", level=logging.ERROR), file=sys.stderr
+        )
         return EXIT_USAGE
     except ValueError as exc:  # e.g. ensure_dev_pki on a half-made folder
-        print(f"trio-tlsd: error: {_one_line(exc)}", file=sys.stderr)
+        print(
+            status_line(f"trio-tlsd: error: {_one_line(exc)}", level=logging.ERROR), file=sys.stderr
+        )
         return EXIT_USAGE
     return result
 

@@ -13,7 +13,7 @@ import json
 import logging
 from typing import Any
 
-__all__ = ["TEXT_FORMAT", "JSONFormatter", "make_formatter"]
+__all__ = ["TEXT_FORMAT", "JSONFormatter", "make_formatter", "status_line"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -45,3 +45,20 @@ def make_formatter(kind: str) -> logging.Formatter:
     if kind == "text":
         return logging.Formatter(TEXT_FORMAT)
     raise ValueError(f"unknown log format {kind!r}: expected text or json")
+
+
+def status_line(
+    message: str, *, level: int = logging.INFO, logger: str = "trio_tls_dtls.cli"
+) -> str:
+    """*message* as ``serve`` should print it on stderr.
+
+    As is, unless the root logger writes JSON: then as a JSON record too, so
+    that stderr under ``--log-format json`` is one object per line throughout
+    (the status lines are printed, not logged, so ``--log-level`` never hides
+    them).
+    """
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JSONFormatter):
+            record = logging.LogRecord(logger, level, __file__, 0, message, None, None)
+            return handler.formatter.format(record)
+    return message
