@@ -7,6 +7,8 @@ import logging
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -424,4 +426,22 @@ async def test_metrics_endpoint_refuses_other_methods_and_bounds_requests(pki: P
         assert reply.startswith(b"HTTP/1.0 200 OK\r\n")
         assert b"trio_tlsd_tls_connections_total 0.0" in reply
         assert b"trio_tlsd_dtls_" not in reply  # no DTLS server, no DTLS metrics
+        nursery.cancel_scope.cancel()
+
+
+async def test_metrics_endpoint_survives_a_reset_connection(pki: PKIFiles) -> None:
+    # A handler's exception would end serve_listeners and the whole service.
+    async with trio.open_nursery() as nursery:
+        service = Service(pki.server_settings())
+        await service.bind(0, LOCAL)
+        await nursery.start(service.run)
+        metrics_port = await nursery.start(serve_metrics, service, 0)
+        with trio.socket.socket() as sock:
+            await sock.connect((LOCAL, metrics_port))
+            await sock.send(b"GET /met")  # half a request, then RST
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await trio.sleep(0.1)  # let the server read the reset
+        status, body = await http_get(metrics_port, "/metrics")
+        assert status == "HTTP/1.0 200 OK"
+        assert "trio_tlsd_handshakes_total" in body
         nursery.cancel_scope.cancel()

@@ -192,13 +192,12 @@ async def serve_metrics(
 
 async def _answer(registry: CollectorRegistry, stream: trio.SocketStream) -> None:
     async with stream:
-        request = b""
-        with trio.move_on_after(REQUEST_TIMEOUT):
-            while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST:
-                chunk = await stream.receive_some(MAX_REQUEST)
-                if not chunk:
-                    break
-                request += chunk
+        try:
+            request = await _read_request(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The client reset the connection. A handler's exception would end
+            # serve_listeners and with it the whole service: nobody to answer.
+            return
         line = request.split(b"\r\n", 1)[0].split()
         if len(line) < 2 or line[0] != b"GET":
             await _reply(stream, b"405 Method Not Allowed", b"text/plain", b"GET only\n")
@@ -207,6 +206,18 @@ async def _answer(registry: CollectorRegistry, stream: trio.SocketStream) -> Non
         else:
             body = generate_latest(registry)
             await _reply(stream, b"200 OK", CONTENT_TYPE_LATEST.encode(), body)
+
+
+async def _read_request(stream: trio.SocketStream) -> bytes:
+    """Up to the blank line, MAX_REQUEST bytes or REQUEST_TIMEOUT, whichever comes first."""
+    request = b""
+    with trio.move_on_after(REQUEST_TIMEOUT):
+        while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST:
+            chunk = await stream.receive_some(MAX_REQUEST)
+            if not chunk:
+                break
+            request += chunk
+    return request
 
 
 async def _reply(stream: trio.SocketStream, status: bytes, kind: bytes, body: bytes) -> None:
