@@ -221,11 +221,16 @@ async def test_cli_serve_with_metrics_port_and_json_logs(pki: PKIFiles) -> None:
     output = b""
     try:
         with trio.fail_after(20):
-            while b"metrics at http" not in output or not output.endswith(b"\n"):
+            # "metrics at" is logged before the "serving ... on tcp" line: wait for both.
+            while (
+                b"metrics at http" not in output
+                or not (found := re.search(rb"on tcp 127\.0\.0\.1:(\d+)", output))
+                or not output.endswith(b"\n")
+            ):
                 chunk = await process.stderr.receive_some()
                 assert chunk, output
                 output += chunk
-        port = int(re.search(rb"on tcp 127\.0\.0\.1:(\d+)", output).group(1))  # type: ignore[union-attr]
+        port = int(found.group(1))
         stream = await open_tls_stream(LOCAL, port, settings=pki.client_settings())
         await stream.send_all(b"x")
         assert await stream.receive_some() == b"x"
