@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -144,7 +146,89 @@ async def test_tcp_backend_down_closes_the_client_cleanly(
         with trio.fail_after(5):
             assert await stream.receive_some() == b""  # close_notify, not a hang
         await stream.aclose()
+        assert server.stats.handler_errors == 0
     assert "backend unreachable" in caplog.text
+
+
+async def test_tcp_backend_that_never_answers_the_connect_times_out(
+    pki: PKIFiles, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = unused_port(socket.SOCK_STREAM)
+    real_open = trio.open_tcp_stream
+
+    async def blackholed(host: str, port: int, **kwargs: object) -> trio.SocketStream:
+        if port == backend:  # a SYN that is never answered
+            await trio.sleep_forever()
+        return await real_open(host, port, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trio, "open_tcp_stream", blackholed)
+    handler = forward_tcp(LOCAL, backend, connect_timeout=0.2)
+    async with running_tls_server(pki.server_settings(), handler) as server:
+        stream = await open_tls_stream(LOCAL, port_of(server), settings=pki.client_settings())
+        with trio.fail_after(5):
+            assert await stream.receive_some() == b""
+        await stream.aclose()
+        assert server.stats.handler_errors == 0
+    assert "backend unreachable (timed out)" in caplog.text
+
+
+async def test_tcp_backend_reset_ends_the_client_connection(
+    pki: PKIFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def resetting(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        # SO_LINGER 0: close with a RST, not a FIN.
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()
+
+    caplog.set_level(logging.INFO, logger="trio_tls_dtls.forward")
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(partial(trio.serve_tcp, resetting, 0, host=LOCAL))
+        handler = forward_tcp(LOCAL, listener.socket.getsockname()[1])
+        async with running_tls_server(pki.server_settings(), handler) as server:
+            stream = await open_tls_stream(LOCAL, port_of(server), settings=pki.client_settings())
+            await stream.send_all(b"hello")
+            with trio.fail_after(5):
+                try:
+                    while await stream.receive_some():
+                        pass
+                except trio.BrokenResourceError:
+                    pass  # the end may come as a reset too; either way it comes
+            await stream.aclose()
+            assert server.stats.handler_errors == 0
+        nursery.cancel_scope.cancel()
+    assert "ended abruptly" in caplog.text
+
+
+async def test_backend_datagram_too_large_for_a_record_is_dropped(
+    pki: PKIFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind((LOCAL, 0))
+
+    async def backend() -> None:
+        while True:
+            data, address = await sock.recvfrom(65536)
+            await sock.sendto(b"x" * 8000, address)  # more than any DTLS MTU carries
+            await sock.sendto(b"fits:" + data, address)
+
+    caplog.set_level(logging.DEBUG, logger="trio_tls_dtls.forward")
+    with sock:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend)
+            handler = forward_udp(LOCAL, sock.getsockname()[1])
+            async with running_dtls_server(pki.server_settings(), handler) as server:
+                channel = await open_dtls_channel(
+                    LOCAL, port_of(server), settings=pki.client_settings()
+                )
+                with trio.fail_after(5):
+                    for i in range(2):  # the association survives the drop
+                        await channel.send(b"q%d" % i)
+                        assert await channel.receive() == b"fits:q%d" % i
+                await channel.aclose()
+                assert server.stats.handler_errors == 0
+            nursery.cancel_scope.cancel()
+    assert "dropped a 8000-byte backend datagram" in caplog.text
 
 
 async def test_dtls_peers_forwarded_each_from_its_own_port(pki: PKIFiles) -> None:
@@ -176,6 +260,7 @@ async def test_udp_backend_down_closes_the_peer_cleanly(
         with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
             await channel.receive()  # the server's close_notify
         await channel.aclose()
+        assert server.stats.handler_errors == 0
     assert "UDP backend unreachable" in caplog.text
 
 

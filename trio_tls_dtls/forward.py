@@ -24,6 +24,7 @@ import trio
 
 from .dtls.channel import DTLSChannel
 from .dtls.server import DTLSHandler
+from .errors import DatagramTooLargeError
 from .info import PeerInfo, format_address
 from .tls.server import TLSHandler
 from .tls.stream import TLSStream
@@ -36,6 +37,9 @@ CHUNK = 64 * 1024
 # After one direction has ended, how long the other may still take.
 CLOSE_GRACE = 5.0
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+# Sending can also meet a drain's close_notify going out on the same stream
+# or channel: after that nothing more may be sent, so it ends the direction too.
+_CANNOT_SEND = (*_GONE, trio.BusyResourceError)
 
 
 def _where(host: str, port: int) -> str:
@@ -92,7 +96,7 @@ async def _tcp_to_tls(
     try:
         while data := await backend.receive_some(CHUNK):
             await stream.send_all(data)
-    except _GONE as exc:
+    except _CANNOT_SEND as exc:
         logger.info("forward %s: ended abruptly (%s)", client, exc)
         scope.cancel()
         return
@@ -135,6 +139,8 @@ async def _dtls_to_udp(
     try:
         async for message in channel:
             await sock.send(message)
+    except _GONE as exc:
+        logger.info("forward %s: ended abruptly (%s)", client, exc)
     except OSError as exc:
         logger.warning("forward %s: UDP backend unreachable (%s): closing", client, exc)
     finally:
@@ -153,18 +159,19 @@ async def _udp_to_dtls(
             logger.warning("forward %s: UDP backend unreachable (%s): closing", client, exc)
             scope.cancel()
             return
-        if len(reply) > channel.max_message_size:
+        if not reply:
+            continue  # DTLS cannot carry an empty datagram
+        try:
+            await channel.send(reply)
+        except DatagramTooLargeError:
+            # One datagram stays one datagram: one too big for a record at
+            # this MTU is dropped, as a link with that MTU would drop it.
             logger.debug(
                 "forward %s: dropped a %d-byte backend datagram (at most %d fit)",
                 client,
                 len(reply),
                 channel.max_message_size,
             )
-            continue
-        if not reply:
-            continue  # DTLS cannot carry an empty datagram
-        try:
-            await channel.send(reply)
-        except _GONE:
+        except _CANNOT_SEND:
             scope.cancel()
             return
