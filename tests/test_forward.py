@@ -17,6 +17,7 @@ import trio
 from tests.conftest import PKIFiles
 from tests.helpers import port_of, running_dtls_server, running_tls_server
 from tests.test_cli import assert_one_line_error, run_cli, serving
+from trio_tls_dtls import forward as forward_module
 from trio_tls_dtls import forward_tcp, forward_udp, open_dtls_channel, open_tls_stream
 from trio_tls_dtls.config_file import load_config_file
 from trio_tls_dtls.errors import ConfigError
@@ -135,6 +136,74 @@ async def test_half_close_passes_through_both_ways(pki: PKIFiles) -> None:
                 reply += chunk
         assert reply == b"<last words>bye"  # then its FIN became our close_notify
         await stream.aclose()
+
+
+async def test_backend_answer_after_half_close_may_outlast_the_grace(
+    pki: PKIFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grace after a half-close is for silence: a backend still sending is not cut."""
+    monkeypatch.setattr(forward_module, "CLOSE_GRACE", 1.0)
+    parts = [b"part%d;" % i for i in range(6)]
+
+    async def slow_answer(stream: trio.SocketStream) -> None:
+        while await stream.receive_some(65536):
+            pass
+        for part in parts:  # 1.5 s in all, never silent for 1 s
+            await trio.sleep(0.25)
+            await stream.send_all(part)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(partial(trio.serve_tcp, slow_answer, 0, host=LOCAL))
+        handler = forward_tcp(LOCAL, listener.socket.getsockname()[1])
+        async with running_tls_server(pki.server_settings(), handler) as server:
+            stream = await open_tls_stream(LOCAL, port_of(server), settings=pki.client_settings())
+            await stream.send_all(b"request")
+            await stream.send_close_notify()
+            reply = b""
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some():
+                    reply += chunk
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert reply == b"".join(parts)
+
+
+async def test_silent_backend_after_half_close_is_cut(
+    pki: PKIFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forward_module, "CLOSE_GRACE", 0.5)
+    saw_eof = trio.Event()
+
+    async def never_answers(stream: trio.SocketStream) -> None:
+        while await stream.receive_some(65536):
+            pass
+        saw_eof.set()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(partial(trio.serve_tcp, never_answers, 0, host=LOCAL))
+        handler = forward_tcp(LOCAL, listener.socket.getsockname()[1])
+        async with running_tls_server(pki.server_settings(), handler) as server:
+            stream = await open_tls_stream(LOCAL, port_of(server), settings=pki.client_settings())
+            await stream.send_close_notify()
+            with trio.fail_after(5):
+                assert await stream.receive_some() == b""  # cut after the grace
+            await stream.aclose()
+            assert saw_eof.is_set()
+            assert server.stats.handler_errors == 0
+        nursery.cancel_scope.cancel()
+
+
+def test_bad_backend_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="port must be 1-65535, not 0"):
+        forward_tcp(LOCAL, 0)
+    with pytest.raises(ValueError, match="port must be 1-65535, not 70000"):
+        forward_udp(LOCAL, 70000)
+    with pytest.raises(ValueError, match="host must be a non-empty string"):
+        forward_udp("", 53)
+    with pytest.raises(ValueError, match="connect_timeout must be a positive number"):
+        forward_tcp(LOCAL, 80, connect_timeout=0)
 
 
 async def test_tcp_backend_down_closes_the_client_cleanly(
