@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -16,7 +17,14 @@ import trio
 
 from tests.conftest import PKIFiles
 from tests.helpers import port_of, running_dtls_server, running_tls_server
-from tests.test_cli import assert_one_line_error, run_cli, serving
+from tests.test_cli import (
+    _read_until_exit,
+    assert_one_line_error,
+    bound_port,
+    run_cli,
+    serving,
+    serving_without_stop,
+)
 from trio_tls_dtls import forward as forward_module
 from trio_tls_dtls import forward_tcp, forward_udp, open_dtls_channel, open_tls_stream
 from trio_tls_dtls.config_file import load_config_file
@@ -365,3 +373,74 @@ def test_forward_flag_and_config_errors(tmp_path: Path) -> None:
         load_config_file(config)
     config.write_text('forward_udp = "[::1]:5353"\n')
     assert load_config_file(config) == {"forward_udp": "[::1]:5353"}
+
+
+async def test_config_file_forwarding_and_a_drain_with_a_forwarded_connection_open(
+    pki: PKIFiles, tmp_path: Path
+) -> None:
+    async with tcp_backend() as (tcp_port, received):
+        config = tmp_path / "forward.toml"
+        config.write_text(
+            f'cert = "{pki.server_cert}"\nkey = "{pki.server_key}"\n'
+            f'forward_tcp = "{LOCAL}:{tcp_port}"\n'
+        )
+        async with serving_without_stop("--config", str(config), cwd=tmp_path) as (
+            process,
+            banner,
+        ):
+            assert f"TLS forwarded to {LOCAL}:{tcp_port}, DTLS echo" in banner
+            port = bound_port(banner, "tcp")
+            stream = await open_tls_stream(LOCAL, port, settings=pki.client_settings())
+            await stream.send_all(b"ping")
+            with trio.fail_after(5):
+                assert await stream.receive_some() == b"<ping>"
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                assert await stream.receive_some() == b""  # the drain's close_notify
+            await stream.aclose()  # our close_notify: the backend sees EOF, the handler ends
+            rest = await _read_until_exit(process)
+    assert process.returncode == 0, rest
+    assert "0 still open when stopped" in rest, rest
+    assert "handler failed" not in rest, rest
+    assert received == [b"ping"]
+
+
+def test_check_config_shows_the_forward_keys(tmp_path: Path) -> None:
+    config = tmp_path / "forward.toml"
+    config.write_text('forward_tcp = "backend.example:8080"\nforward_udp = "[::1]:5353"\n')
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert 'forward_tcp = "backend.example:8080"' in result.stdout
+    assert 'forward_udp = "[::1]:5353"' in result.stdout
+    config.write_text("port = 4433\n")
+    result = run_cli("check-config", str(config))
+    assert "# forward_tcp is not set" in result.stdout
+    assert "# forward_udp is not set" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('forward_tcp = "backend"', "expected HOST:PORT"),
+        ('forward_tcp = "backend:0"', "port must be 1-65535, not 0"),
+        ('forward_tcp = "backend:http"', "port must be an integer"),
+        ("forward_tcp = 8080", "expected a non-empty string, got 8080"),
+        ('forward_udp = "::1:53"', "IPv6 addresses need brackets"),
+        ('forward_udp = "[::1:53"', "unclosed '['"),
+        ('forward_udp = "[nope]:53"', "is not an IPv6 address"),
+    ],
+)
+def test_bad_forward_values_in_a_config_file(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text + "\n")
+    key = text.split(" =")[0]
+    with pytest.raises(ConfigError) as info:
+        load_config_file(config)
+    assert f"{config}: key {key!r}: " in str(info.value)
+    assert message in str(info.value)
+
+
+def test_bad_forward_flags() -> None:
+    result = run_cli("serve", "--forward-tcp", "backend:99999")
+    assert_one_line_error(result, "--forward-tcp", "1-65535")
+    assert_one_line_error(run_cli("serve", "--forward-udp", "[::1"), "--forward-udp")
