@@ -203,6 +203,51 @@ async def test_silent_backend_after_half_close_is_cut(
         nursery.cancel_scope.cancel()
 
 
+async def test_backend_name_that_does_not_resolve_ends_the_client(
+    pki: PKIFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    unresolvable = "no-such-backend.invalid"
+    # A resolver that knows no such name, so no lookup leaves the machine.
+    previous = trio.socket.set_custom_hostname_resolver(_NoSuchName(unresolvable))
+    try:
+        await _backend_name_unresolved(pki, unresolvable)
+    finally:
+        trio.socket.set_custom_hostname_resolver(previous)
+    assert f"-> {unresolvable}:80: backend unreachable (Name or service not known)" in caplog.text
+    assert f"-> {unresolvable}:53: UDP backend unreachable (Name or service not known)" in (
+        caplog.text
+    )
+
+
+class _NoSuchName(trio.abc.HostnameResolver):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def getaddrinfo(self, host: bytes | None, port: bytes | str | int | None, *args: int):  # type: ignore[no-untyped-def]
+        if host == self.name.encode("idna"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return await trio.to_thread.run_sync(socket.getaddrinfo, host, port, *args)
+
+    async def getnameinfo(self, sockaddr: tuple[str, int], flags: int) -> tuple[str, str]:
+        return await trio.to_thread.run_sync(socket.getnameinfo, sockaddr, flags)
+
+
+async def _backend_name_unresolved(pki: PKIFiles, unresolvable: str) -> None:
+    async with (
+        running_tls_server(pki.server_settings(), forward_tcp(unresolvable, 80)) as tls,
+        running_dtls_server(pki.server_settings(), forward_udp(unresolvable, 53)) as dtls,
+    ):
+        stream = await open_tls_stream(LOCAL, port_of(tls), settings=pki.client_settings())
+        channel = await open_dtls_channel(LOCAL, port_of(dtls), settings=pki.client_settings())
+        with trio.fail_after(10):
+            assert await stream.receive_some() == b""
+            with pytest.raises(trio.EndOfChannel):
+                await channel.receive()
+        await stream.aclose()
+        await channel.aclose()
+        assert tls.stats.handler_errors == dtls.stats.handler_errors == 0
+
+
 def test_bad_backend_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="port must be 1-65535, not 0"):
         forward_tcp(LOCAL, 0)
@@ -224,7 +269,7 @@ async def test_tcp_backend_down_closes_the_client_cleanly(
             assert await stream.receive_some() == b""  # close_notify, not a hang
         await stream.aclose()
         assert server.stats.handler_errors == 0
-    assert "backend unreachable" in caplog.text
+    assert "backend unreachable (Connection refused)" in caplog.text
 
 
 async def test_tcp_backend_that_never_answers_the_connect_times_out(
@@ -338,7 +383,7 @@ async def test_udp_backend_down_closes_the_peer_cleanly(
             await channel.receive()  # the server's close_notify
         await channel.aclose()
         assert server.stats.handler_errors == 0
-    assert "UDP backend unreachable" in caplog.text
+    assert "UDP backend unreachable (Connection refused)" in caplog.text
 
 
 async def test_cli_serve_forwards(pki: PKIFiles, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import socket as _stdsocket
 
 import trio
@@ -74,7 +75,7 @@ def forward_tcp(host: str, port: int, *, connect_timeout: float = 5.0) -> TLSHan
             with trio.fail_after(connect_timeout):
                 backend = await trio.open_tcp_stream(host, port)
         except (OSError, trio.TooSlowError) as exc:
-            reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            reason = "timed out" if isinstance(exc, trio.TooSlowError) else _why(exc)
             logger.warning(
                 "forward %s -> %s: backend unreachable (%s): closing", client, backend_name, reason
             )
@@ -86,6 +87,22 @@ def forward_tcp(host: str, port: int, *, connect_timeout: float = 5.0) -> TLSHan
 
     forward_tls_to_tcp.__qualname__ = f"forward_tcp({backend_name})"
     return forward_tls_to_tcp
+
+
+def _why(exc: OSError) -> str:
+    """The reasons behind a failed connect ("Connection refused"), not just "failed"."""
+    cause = exc.__cause__
+    causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [exc]
+    reasons = [_reason(c) for c in causes]
+    return "; ".join(dict.fromkeys(reasons)) or str(exc)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, _stdsocket.gaierror):  # a name that does not resolve
+        return exc.strerror or str(exc)
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc)
 
 
 class _Relay:
@@ -160,17 +177,28 @@ def forward_udp(host: str, port: int) -> DTLSHandler:
             family, kind, proto, _, sockaddr = infos[0]
             sock = trio.socket.socket(family, kind, proto)
         except OSError as exc:
-            logger.warning("forward %s -> %s: %s: closing", client, backend_name, exc)
+            logger.warning(
+                "forward %s -> %s: UDP backend unreachable (%s): closing",
+                client,
+                backend_name,
+                _reason(exc),
+            )
             return
         with sock:
             try:
                 await sock.connect(sockaddr)
             except OSError as exc:
-                logger.warning("forward %s -> %s: %s: closing", client, backend_name, exc)
+                logger.warning(
+                    "forward %s -> %s: UDP backend unreachable (%s): closing",
+                    client,
+                    backend_name,
+                    _reason(exc),
+                )
                 return
+            route = f"{client} -> {backend_name}"
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_dtls_to_udp, channel, sock, nursery.cancel_scope, client)
-                nursery.start_soon(_udp_to_dtls, sock, channel, nursery.cancel_scope, client)
+                nursery.start_soon(_dtls_to_udp, channel, sock, nursery.cancel_scope, route)
+                nursery.start_soon(_udp_to_dtls, sock, channel, nursery.cancel_scope, route)
 
     forward_dtls_to_udp.__qualname__ = f"forward_udp({backend_name})"
     return forward_dtls_to_udp
@@ -185,7 +213,7 @@ async def _dtls_to_udp(
     except _GONE as exc:
         logger.info("forward %s: ended abruptly (%s)", client, exc)
     except OSError as exc:
-        logger.warning("forward %s: UDP backend unreachable (%s): closing", client, exc)
+        logger.warning("forward %s: UDP backend unreachable (%s): closing", client, _reason(exc))
     finally:
         # The peer said goodbye (or failed): nothing more to relay.
         scope.cancel()
@@ -199,7 +227,9 @@ async def _udp_to_dtls(
             reply = await sock.recv(65536)
         except OSError as exc:
             # ICMP port unreachable for an earlier send: nothing listens there.
-            logger.warning("forward %s: UDP backend unreachable (%s): closing", client, exc)
+            logger.warning(
+                "forward %s: UDP backend unreachable (%s): closing", client, _reason(exc)
+            )
             scope.cancel()
             return
         if not reply:
