@@ -66,7 +66,8 @@ def count_tasks() -> int:
 
 
 def snapshot(service: Service) -> dict[str, object]:
-    assert service.tls is not None and service.dtls is not None
+    assert service.tls is not None
+    assert service.dtls is not None
     tls, dtls = service.tls.stats, service.dtls.stats
     return {
         "tls_open": tls.active,
