@@ -78,3 +78,24 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-c", REPORT_VERSIONS)
     args = session.posargs or ["--update-docs"]
     session.run("python", "benchmarks/suite.py", *args)
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Leak check under churn (benchmarks/soak.py); not in the default sessions.
+
+    ``nox -s soak`` runs 5 minutes and updates docs/soak_results.inc and
+    docs/_static/soak-latest.png; ``nox -s soak -- --minutes 1`` runs a short
+    one and writes benchmarks/results/soak-latest.json only. Fails on growth.
+    """
+    session.install(".[plot]")
+    session.run("python", "-c", REPORT_VERSIONS)
+    args = session.posargs or ["--update-docs"]
+    session.run("python", "benchmarks/soak.py", *args)
+
+
+@nox.session(python=PYTHON)
+def scale(session: nox.Session) -> None:
+    """10,000 idle TLS connections + 10,000 DTLS peers, then closed (pytest -m slow)."""
+    session.install(".[test]")
+    session.run("pytest", "-m", "slow", "-s", *session.posargs)

@@ -192,7 +192,6 @@ async def test_one_mebibyte_echo(pki: PKIFiles) -> None:
         await stream.aclose()
 
 
-@pytest.mark.slow
 async def test_64_clients_100_messages_each_size(pki: PKIFiles) -> None:
     sizes = (64, 1024, 16384)
     done = 0
