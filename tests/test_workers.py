@@ -101,6 +101,7 @@ async def _running(command: Sequence[str], port: int, count: int) -> AsyncIterat
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     process = await trio.lowlevel.open_process(
         list(command),
+        start_new_session=True,  # its own process group, as a shell job has
         cwd=EMPTY_DIR,
         stderr=subprocess.PIPE,
         env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path),
@@ -451,3 +452,18 @@ def test_a_crash_loop_gives_up_after_max_restarts(caplog: pytest.LogCaptureFixtu
     for delay in ("0.01", "0.02", "0.04"):  # the backoff doubles
         assert f"exited unexpectedly (exit status 3): restarting in {delay}s" in text
     assert "3 restarts within 60s: giving up, stopping all workers" in text
+
+
+async def test_ctrl_c_to_the_process_group_drains_the_workers(pki: PKIFiles) -> None:
+    # A terminal's Ctrl-C sends SIGINT to the whole foreground process group.
+    # The workers are in a group of their own, so each gets one SIGTERM (from
+    # the parent) and drains, instead of two signals and a stop at once.
+    async with workers(*pki_flags(pki)) as running:
+        assert os.getpgid(running.process.pid) == running.process.pid
+        for pid in running.serving_pids():
+            assert os.getpgid(pid) == pid
+        os.killpg(running.process.pid, signal.SIGINT)
+        log = await running.wait_exit()
+        assert running.process.returncode == 0, log
+        assert log.count(": drained:") == 2, log
+        assert "stopped at once" not in log

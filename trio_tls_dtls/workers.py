@@ -187,6 +187,11 @@ class Supervisor(Generic[P]):
         if pid == 0:  # the worker
             status = 1
             try:
+                # Its own process group: a Ctrl-C on the terminal (SIGINT to the
+                # foreground group) reaches the parent only, which passes one
+                # SIGTERM on. Were the worker to get both, it would take the
+                # second for "stop now" and skip the drain.
+                os.setpgid(0, 0)
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 status = self.run_worker(index, state)
             except BaseException:
