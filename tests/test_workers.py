@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,11 +22,12 @@ from tests.core.dtls_pair import first_client_hello
 from tests.test_cli import CLI, EMPTY_DIR, assert_one_line_error, run_cli
 from trio_tls_dtls import ClientSettings, ConfigError, open_dtls_channel, open_tls_stream
 from trio_tls_dtls.dtls.cookie import write_secret_file
-from trio_tls_dtls.workers import worker_count
+from trio_tls_dtls.workers import Supervisor, restart_delay, serve_workers, worker_count
 
 pytestmark = pytest.mark.timeout(90)
 
 SERVING = re.compile(rb"worker (\d+) \(pid (\d+)\): serving")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -76,22 +79,32 @@ class Workers:
 
 @asynccontextmanager
 async def workers(*flags: str, count: int = 2) -> AsyncIterator[Workers]:
+    """``trio-tlsd serve --workers COUNT`` on a free port, once every worker serves."""
     port = free_port()
+    command = [*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    async with _running([*command, "--workers", str(count), *flags], port, count) as running:
+        yield running
+
+
+@asynccontextmanager
+async def app_workers(pki: PKIFiles, count: int = 2) -> AsyncIterator[Workers]:
+    """``tests/workers_app.py``: :func:`serve_workers` with handlers that send the pid."""
+    port = free_port()
+    command = [sys.executable, "-m", "tests.workers_app", str(port)]
+    command += [str(pki.server_cert), str(pki.server_key), str(count)]
+    async with _running(command, port, count) as running:
+        yield running
+
+
+@asynccontextmanager
+async def _running(command: Sequence[str], port: int, count: int) -> AsyncIterator[Workers]:
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     process = await trio.lowlevel.open_process(
-        [
-            *CLI,
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(count),
-            *flags,
-        ],
+        list(command),
+        start_new_session=True,  # its own process group, as a shell job has
         cwd=EMPTY_DIR,
         stderr=subprocess.PIPE,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path),
     )
     running = Workers(process, port)
     try:
@@ -306,3 +319,151 @@ async def test_sighup_rolls_new_workers_with_the_new_certificate(
         running.process.send_signal(signal.SIGTERM)
         await running.wait_exit()
         assert running.process.returncode == 0
+
+
+async def test_second_signal_stops_the_workers_at_once(pki: PKIFiles) -> None:
+    # The client reads close_notify but never closes: the drain cannot end by
+    # itself before --drain-timeout (30s), so the second SIGTERM must cut it.
+    async with workers(*pki_flags(pki), "--tls-only", "--drain-timeout", "30") as running:
+        stream = await open_tls_stream("127.0.0.1", running.port, settings=pki.client_settings())
+        await stream.send_all(b"ping")
+        assert await stream.receive_some() == b"ping"
+        running.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await stream.receive_some() == b""  # close_notify: draining
+        running.process.send_signal(signal.SIGTERM)
+        log = await running.wait_exit()
+        assert running.process.returncode == 1, log
+        assert "received again: stopping the workers now" in log
+        # The worker holding the connection was cut; the idle one may have
+        # drained already.
+        assert "stopped at once by a second signal" in log
+        assert "1 still open when stopped" in log
+        await stream.aclose()
+
+
+# -- the library entry point, with handlers that tell the worker's pid ----------
+
+
+async def _pid_stream(
+    pki: PKIFiles, settings: ClientSettings, port: int, session: SSL.Session | None
+) -> tuple[int, bool, SSL.Session | None]:
+    stream = await open_tls_stream("127.0.0.1", port, settings=settings, session=session)
+    pid = int(await stream.receive_some())  # after it, the TLS 1.3 tickets are in
+    await stream.send_all(b"echo")
+    assert await stream.receive_some() == b"echo"
+    resumed, ticket = stream.info.resumed, stream.session
+    await stream.aclose()
+    return pid, resumed, ticket
+
+
+async def test_library_workers_ticket_from_one_pid_resumes_on_another(pki: PKIFiles) -> None:
+    async with app_workers(pki) as running:
+        pids = set(running.serving_pids())
+        assert running.children() == pids
+        settings = pki.client_settings()
+        issuer, resumed, ticket = await _pid_stream(pki, settings, running.port, None)
+        assert issuer in pids and not resumed
+        for _ in range(40):  # the kernel spreads connections by their 4-tuple
+            pid, resumed, _ = await _pid_stream(pki, settings, running.port, ticket)
+            if pid != issuer:
+                break
+        else:
+            pytest.fail("40 connections all reached the same worker")
+        assert pid in pids
+        assert resumed, f"a ticket from pid {issuer} did not resume on pid {pid}"
+
+        channel = await open_dtls_channel("127.0.0.1", running.port, settings=settings)
+        assert int(await channel.receive()) in pids
+        await channel.send(b"dtls")
+        assert await channel.receive() == b"dtls"
+        await channel.aclose()
+        running.process.send_signal(signal.SIGTERM)
+        log = await running.wait_exit()
+        assert running.process.returncode == 0, log
+        assert log.count(": drained:") == 2, log
+
+
+async def test_library_workers_cookie_verifies_after_its_issuer_is_gone(pki: PKIFiles) -> None:
+    """The parent's random cookie secret is in every worker, restarted ones included.
+
+    The client gets a HelloVerifyRequest from one of the workers; then every
+    worker is killed and replaced. The ClientHello carrying that cookie,
+    from the same client socket, reaches a process that did not issue the
+    cookie, and it answers with a ServerHello.
+    """
+    async with app_workers(pki) as running:
+        first = set(running.serving_pids())
+        client, hello = first_client_hello(pki)
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        with sock:
+            with trio.fail_after(10):
+                await sock.sendto(hello, ("127.0.0.1", running.port))
+                hvr = await sock.recv(65536)
+            assert hvr[0] == 22 and hvr[13] == 3  # a HelloVerifyRequest
+            client.receive_datagram(hvr)
+            assert not client.do_handshake()
+            [with_cookie] = client.datagrams_to_send()
+
+            for pid in first:
+                os.kill(pid, signal.SIGKILL)
+            await running.read_until(SERVING, 4)
+            assert running.children().isdisjoint(first)
+            with trio.fail_after(10):
+                await sock.sendto(with_cookie, ("127.0.0.1", running.port))
+                reply = await sock.recv(65536)
+        assert reply[0] == 22 and reply[13] == 2, reply[:14]  # ServerHello, not type 3
+        running.process.send_signal(signal.SIGTERM)
+        log = await running.wait_exit()
+        assert running.process.returncode == 0, log
+        assert "(2 restarted after a crash)" in log
+
+
+def test_serve_workers_refuses_port_zero(pki: PKIFiles) -> None:
+    with pytest.raises(ConfigError, match="fixed port"):
+        serve_workers(pki.server_settings(), 0, count=2)
+
+
+# -- the supervisor alone ---------------------------------------------------------
+
+
+def test_restart_delay_doubles_up_to_the_cap() -> None:
+    assert [restart_delay(n, 0.1, 1.0) for n in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert restart_delay(10_000, 0.1, 5.0) == 5.0
+
+
+def test_a_crash_loop_gives_up_after_max_restarts(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker that exits at once is restarted max_restarts times, then the parent stops."""
+    caplog.set_level(logging.INFO, logger="trio_tls_dtls.workers")
+    supervisor: Supervisor[None] = Supervisor(
+        1,
+        prepare=lambda: None,
+        run_worker=lambda index, state: 3,
+        max_restarts=3,
+        restart_window=60.0,
+        restart_backoff=0.01,
+        max_backoff=0.05,
+    )
+    assert supervisor.run() == 1
+    assert supervisor.restarts == 3
+    assert supervisor.pids == []
+    text = caplog.text
+    for delay in ("0.01", "0.02", "0.04"):  # the backoff doubles
+        assert f"exited unexpectedly (exit status 3): restarting in {delay}s" in text
+    assert "3 restarts within 60s: giving up, stopping all workers" in text
+
+
+async def test_ctrl_c_to_the_process_group_drains_the_workers(pki: PKIFiles) -> None:
+    # A terminal's Ctrl-C sends SIGINT to the whole foreground process group.
+    # The workers are in a group of their own, so each gets one SIGTERM (from
+    # the parent) and drains, instead of two signals and a stop at once.
+    async with workers(*pki_flags(pki)) as running:
+        assert os.getpgid(running.process.pid) == running.process.pid
+        for pid in running.serving_pids():
+            assert os.getpgid(pid) == pid
+        os.killpg(running.process.pid, signal.SIGINT)
+        log = await running.wait_exit()
+        assert running.process.returncode == 0, log
+        assert log.count(": drained:") == 2, log
+        assert "stopped at once" not in log

@@ -14,13 +14,11 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypedDict
 
 import trio
-from OpenSSL import SSL
 
 from . import __version__
 from .certs import DEV_PKI_FILES, ensure_dev_pki, make_dev_pki, write_dev_pki
@@ -33,9 +31,8 @@ from .config import (
     VerifyClient,
 )
 from .config_file import DEFAULT_PORT, DEFAULTS, load_config_file, render_options
-from .context import build_server_context
-from .dtls.cookie import CookieSecrets, write_secret_file
-from .dtls.server import DTLSHandler, cookie_secrets_for
+from .dtls.cookie import write_secret_file
+from .dtls.server import DTLSHandler
 from .errors import ConfigError, TLSDError
 from .forward import forward_tcp, forward_udp
 from .info import format_address
@@ -44,7 +41,7 @@ from .metrics import serve_metrics
 from .service import Service
 from .targets import parse_target
 from .tls.server import TLSHandler
-from .workers import Supervisor, worker_count
+from .workers import SharedState, Supervisor, shared_state_factory, worker_count
 
 __all__ = ["build_parser", "main"]
 
@@ -522,15 +519,6 @@ def _what(options: dict[str, Any], service: Service) -> str:
     return ", ".join(parts)
 
 
-@dataclass(frozen=True)
-class _Shared:
-    """What every worker inherits from the parent: one set of keys for all."""
-
-    tls: SSL.Context | None
-    dtls: SSL.Context | None
-    cookies: CookieSecrets | None
-
-
 def _run_workers(options: dict[str, Any], settings: ServerSettings, dev: bool, count: int) -> int:
     if options["port"] == 0:
         raise ConfigError("--workers needs a fixed --port (with port 0 each would get its own)")
@@ -538,21 +526,11 @@ def _run_workers(options: dict[str, Any], settings: ServerSettings, dev: bool, c
     if metrics_port is not None and metrics_port + count - 1 > 65535:
         raise ConfigError(f"--metrics-port {metrics_port}: no room for ports P..P+{count - 1}")
     tls, dtls = "tls" in options["protocols"], "dtls" in options["protocols"]
-    # A random cookie secret is made once, so a reload keeps it; one from a
-    # file is read again on reload.
-    random_cookies = cookie_secrets_for(settings) if dtls else None
+    # Contexts and the cookie secret are built in this (parent) process, before
+    # any fork: every worker gets the same ticket keys and cookie secret.
+    prepare = shared_state_factory(settings, tls=tls, dtls=dtls)
 
-    def prepare() -> _Shared:
-        cookies = random_cookies
-        if dtls and settings.cookie_secret_file is not None:
-            cookies = cookie_secrets_for(settings)
-        return _Shared(
-            tls=build_server_context(settings) if tls else None,
-            dtls=build_server_context(settings, dtls=True) if dtls else None,
-            cookies=cookies,
-        )
-
-    def run_worker(index: int, shared: _Shared) -> int:
+    def run_worker(index: int, shared: SharedState) -> int:
         service = Service(
             settings,
             tls=tls,

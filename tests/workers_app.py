@@ -1,0 +1,51 @@
+"""A program built on the library entry point :func:`serve_workers`, for tests.
+
+``python -m tests.workers_app PORT CERT KEY [COUNT]``: every worker's TLS and
+DTLS handlers first send the worker's process ID (as ASCII digits), then echo.
+The client thus learns which worker served it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from trio_tls_dtls import CertificateSettings, ServerSettings
+from trio_tls_dtls.dtls.channel import DTLSChannel
+from trio_tls_dtls.info import PeerInfo
+from trio_tls_dtls.tls.stream import TLSStream
+from trio_tls_dtls.workers import serve_workers
+
+
+async def tls_pid_then_echo(stream: TLSStream, peer: PeerInfo) -> None:
+    await stream.send_all(str(os.getpid()).encode())
+    while data := await stream.receive_some():
+        await stream.send_all(data)
+
+
+async def dtls_pid_then_echo(channel: DTLSChannel, peer: PeerInfo) -> None:
+    await channel.send(str(os.getpid()).encode())
+    async for message in channel:
+        await channel.send(message)
+
+
+def main(argv: list[str]) -> int:
+    port, cert, key = int(argv[0]), Path(argv[1]), Path(argv[2])
+    count = int(argv[3]) if len(argv) > 3 else 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    settings = ServerSettings(certificate=CertificateSettings(cert, key), drain_timeout=10.0)
+    return serve_workers(
+        settings,
+        port,
+        count=count,
+        host="127.0.0.1",
+        tls_handler=tls_pid_then_echo,
+        dtls_handler=dtls_pid_then_echo,
+        max_restarts=5,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
