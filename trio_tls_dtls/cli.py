@@ -463,6 +463,9 @@ async def _serve(
             )
             if service.dtls is not None:
                 logger.info("DTLS cookie secret fingerprint %s", service.dtls.cookies.fingerprint)
+            if service.tls is not None and service.settings.proxy_protocol:
+                trusted = ", ".join(service.settings.proxy_trusted)
+                logger.info("TLS expects a PROXY protocol header, trusted from: %s", trusted)
             for is_dtls, server in ((False, service.tls), (True, service.dtls)):
                 if server is not None and not worker:
                     hint = connect_hint(service.port, service.settings, dev, dtls=is_dtls)
