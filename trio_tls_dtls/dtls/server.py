@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import socket as _stdsocket
 import time
 from collections import Counter
@@ -91,17 +90,24 @@ class DTLSServerStats:
 
 
 class _Peer:
-    """A peer-table entry: its queue, its task's cancel scope, its ClientHello."""
+    """A peer-table entry: its queue, its task's cancel scope, its ClientHello.
 
-    __slots__ = ("channel", "hello_id", "link", "scope")
+    The one scope also carries the idle deadline (a second scope per peer
+    would be a few hundred bytes more of per-peer memory); ``stopped`` tells
+    a removal from an idle timeout.
+    """
+
+    __slots__ = ("channel", "hello_id", "link", "scope", "stopped")
 
     def __init__(self, link: PeerLink, hello_id: bytes) -> None:
         self.link = link
         self.hello_id = hello_id
         self.scope = trio.CancelScope()
+        self.stopped = False
         self.channel: DTLSChannel | None = None
 
     def stop(self) -> None:
+        self.stopped = True
         self.scope.cancel()
         self.link.close()
 
@@ -349,9 +355,18 @@ class DTLSServer:
                 info, reason, error = await self._handshake(channel, address)
                 if info is not None:
                     reason = "cancelled"  # unless the handler returns
-                    reason = await self._run_handler(channel, info)
-            if peer.scope.cancelled_caught:  # replaced, evicted, or cut by a drain
-                reason = "drained" if not self.admitting else "removed"
+                    reason = await self._run_handler(channel, info, peer.scope)
+            if peer.scope.cancelled_caught:
+                if peer.stopped:  # replaced, evicted, or cut by a drain
+                    reason = "drained" if not self.admitting else "removed"
+                else:  # only the idle deadline cancels it otherwise
+                    reason = "idle_timeout"
+                    self.stats.idle_timeouts += 1
+                    logger.info(
+                        "DTLS peer %s idle for %gs: removed",
+                        format_address(address),
+                        self.settings.idle_timeout,
+                    )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = "broken"
             logger.info("DTLS peer %s ended: %s", format_address(address), exc)
@@ -409,17 +424,14 @@ class DTLSServer:
         logger.info("DTLS handshake ok: %s time=%.1fms", info.describe(), elapsed * 1000)
         return info, "handshake_done", None
 
-    async def _run_handler(self, channel: DTLSChannel, info: PeerInfo) -> str:
-        """Run the handler under the idle timeout; why the peer ended."""
+    async def _run_handler(
+        self, channel: DTLSChannel, info: PeerInfo, scope: trio.CancelScope
+    ) -> str:
+        """Run the handler with the idle deadline on the peer's *scope*; why the peer ended."""
         timeout = self.settings.idle_timeout
-        with trio.CancelScope(deadline=math.inf) as scope:
-            if timeout is not None:
-                channel.on_activity = IdleDeadline(scope, timeout).touch
-            await self.handler(channel, info)
-        if scope.cancelled_caught:
-            self.stats.idle_timeouts += 1
-            logger.info("DTLS peer %s idle for %gs: removed", format_address(info.address), timeout)
-            return "idle_timeout"
+        if timeout is not None:
+            channel.on_activity = IdleDeadline(scope, timeout).touch
+        await self.handler(channel, info)
         if not self.admitting:
             return "drained"
         return "peer_closed" if channel.peer_closed else "handler_done"
