@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -182,9 +181,11 @@ class TLSServer:
                 info, reason, error = await self._handshake(stream, address)
                 if info is not None:
                     reason = "cancelled"  # unless the handler returns
-                    reason = await self._run_handler(stream, info)
-            if scope.cancelled_caught:  # a drain cut a connection still in its handshake
-                reason = "drained"
+                    reason = await self._run_handler(stream, info, scope)
+            if scope.cancelled_caught:
+                # A drain cancels only a connection still in its handshake;
+                # after it, only the idle deadline does.
+                reason = "drained" if info is None else self._idle_timed_out(info)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = "broken"
             logger.info("connection from %s ended: %s", format_address(address), exc)
@@ -241,23 +242,26 @@ class TLSServer:
         logger.info("TLS handshake ok: %s time=%.1fms", info.describe(), elapsed * 1000)
         return info, "handshake_done", None
 
-    async def _run_handler(self, stream: TLSStream, info: PeerInfo) -> str:
-        """Run the handler under the idle timeout; why the connection ended."""
+    async def _run_handler(self, stream: TLSStream, info: PeerInfo, scope: trio.CancelScope) -> str:
+        """Run the handler with the idle deadline on the connection's *scope*; why it ended.
+
+        One scope per connection, not a second one for the idle timer: each
+        is a few hundred bytes of per-connection memory.
+        """
         timeout = self.settings.idle_timeout
-        with trio.CancelScope(deadline=math.inf) as scope:
-            if timeout is not None:
-                idle = IdleDeadline(scope, timeout)
-                stream.on_activity = idle.touch
-            await self.handler(stream, info)
-        if scope.cancelled_caught:
-            self.stats.idle_timeouts += 1
-            logger.info(
-                "closing %s: idle for %gs", format_address(info.address), self.settings.idle_timeout
-            )
-            return "idle_timeout"
+        if timeout is not None:
+            stream.on_activity = IdleDeadline(scope, timeout).touch
+        await self.handler(stream, info)
         if self._draining:
             return "drained"
         return "peer_closed" if stream.peer_closed else "handler_done"
+
+    def _idle_timed_out(self, info: PeerInfo) -> str:
+        self.stats.idle_timeouts += 1
+        logger.info(
+            "closing %s: idle for %gs", format_address(info.address), self.settings.idle_timeout
+        )
+        return "idle_timeout"
 
 
 async def _say_goodbye(stream: TLSStream, scope: trio.CancelScope) -> None:
