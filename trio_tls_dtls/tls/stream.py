@@ -204,19 +204,23 @@ class TLSStream(trio.abc.Stream):
             raise
         self._activity()
 
-    async def _read_direct(self, size: int) -> tuple[bytes | None, bool]:
-        """Read the socket's descriptor, waiting for it if needed: (data, waited).
+    async def _receive_into_engine(self, max_bytes: int | None = None) -> tuple[int, bool]:
+        """Read one chunk of ciphertext into the engine: its size, and whether we yielded.
 
-        ``None`` means "use trio's receive": there is no plain socket, or the
-        read failed and trio should report the failure its own way. Waiting
-        here, rather than inside ``SocketStream.receive_some``, keeps an idle
-        connection's parked coroutine stack short (it is per-connection memory).
+        Over a plain socket this reads the descriptor, and waits for it to
+        become readable, itself: waiting inside ``SocketStream.receive_some``
+        would park five more frames and context managers per idle connection
+        (per-connection memory). trio's receive is used without a plain
+        socket, and after a failed read so that trio reports the failure.
         """
-        sock = self._direct_socket
+        size = max_bytes or self._receive_size
+        data: bytes | bytearray | None = None
         waited = False
+        sock = self._direct_socket
         while sock is not None and (fd := sock.fileno()) >= 0:
             try:
-                return os.read(fd, size), waited
+                data = os.read(fd, size)
+                break
             except BlockingIOError:
                 pass
             except OSError:
@@ -226,15 +230,7 @@ class TLSStream(trio.abc.Stream):
                 await trio.lowlevel.wait_readable(sock)
             except trio.ClosedResourceError:
                 raise trio.ClosedResourceError("this TLSStream was closed") from None
-        return None, waited
-
-    async def _receive_into_engine(self, max_bytes: int | None = None) -> tuple[int, bool]:
-        """Read one chunk of ciphertext into the engine: its size, and whether we yielded."""
-        size = max_bytes or self._receive_size
-        now, waited = await self._read_direct(size)
-        if now is not None:
-            data: bytes | bytearray = now
-        else:
+        if data is None:
             waited = True
             try:
                 data = await self.transport_stream.receive_some(size)
