@@ -34,6 +34,7 @@ from ..context import build_server_context
 from ..engine import DTLSEngine
 from ..errors import HandshakeError, RecordParseError
 from ..info import Address, PeerInfo, format_address
+from ..limits import LogThrottle, Refusal, SourceLimits
 from ..listen import listen_error, normalize_address, validate_port
 from ..offload import CryptoOffload
 from ..timeouts import IdleDeadline
@@ -154,6 +155,13 @@ class DTLSServer:
         """False once draining: no new peers, only the existing ones are served."""
         self._peer_ended = trio.Event()
         self._closing_senders: list[SocketSender] = []
+        self.source_limits = SourceLimits.unless_off(
+            rate=settings.per_source_rate,
+            burst=settings.per_source_burst,
+            max_connections=settings.per_source_connections,
+            exempt=settings.per_source_exempt,
+        )
+        self._refusal_log = LogThrottle()
 
     @property
     def addresses(self) -> list[Address]:
@@ -319,10 +327,20 @@ class DTLSServer:
         sender: SocketSender,
         nursery: trio.Nursery,
     ) -> None:
+        # Only now, after a valid cookie, is the source address proven: a
+        # spoofed flood cannot spend another address's handshake tokens.
+        limits = self.source_limits
+        if limits is not None:
+            refused = limits.admit(key[1][0], trio.current_time())
+            if refused is not None:
+                self._refuse(key[1], refused)
+                return
         try:
             engine = DTLSEngine.accept(self.context, datagram, mtu=self.settings.mtu)
         except HandshakeError as exc:
             self.stats.handshakes_failed[exc.reason] += 1
+            if limits is not None:
+                limits.release(key[1][0])
             return
         peer = _Peer(PeerLink(sender, key[1], self.settings.peer_queue_size), hello_id)
         for old in self.peers.add(key, peer):
@@ -340,6 +358,19 @@ class DTLSServer:
         self.stats.peers_total += 1
         self.stats.peers_active += 1
         nursery.start_soon(self._peer_task, key, peer, engine)
+
+    def _refuse(self, address: Address, why: Refusal) -> None:
+        """Drop a valid ClientHello the per-source limits refuse; the client retries later."""
+        self.stats.dropped[f"per_source_{why}"] += 1
+        held = self._refusal_log.ready(trio.current_time())
+        if held is not None:
+            what = "handshake rate" if why == "rate" else "concurrent peers"
+            logger.warning(
+                "refused a DTLS peer %s: over its per-source %s limit (%d more not logged)",
+                format_address(address),
+                what,
+                held,
+            )
 
     # -- one peer --------------------------------------------------------------------
 
@@ -377,6 +408,8 @@ class DTLSServer:
         finally:
             self.peers.remove(key, peer)
             self.stats.peers_active -= 1
+            if self.source_limits is not None:
+                self.source_limits.release(address[0])
             self._peer_ended.set()
             # A hard stop makes aclose raise Cancelled: account and log anyway.
             try:

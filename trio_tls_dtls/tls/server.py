@@ -23,6 +23,7 @@ from ..context import build_server_context
 from ..engine import TLSEngine
 from ..errors import HandshakeError
 from ..info import Address, PeerInfo, format_address
+from ..limits import LogThrottle, Refusal, SourceLimits
 from ..listen import normalize_address, open_tcp_listeners
 from ..offload import CryptoOffload
 from ..timeouts import IdleDeadline
@@ -39,8 +40,6 @@ TLSHandler = Callable[[TLSStream, PeerInfo], Awaitable[object]]
 # handler returns, before the socket is simply closed.
 _GOODBYE_ATTEMPTS = 20
 _GOODBYE_RETRY = 0.05
-_GOODBYE_ATTEMPTS = 20
-_GOODBYE_RETRY = 0.05
 CLOSE_TIMEOUT = 2.0
 
 # Accept errors that mean "out of resources right now": pause, don't die.
@@ -55,6 +54,8 @@ class TLSServerStats:
     accepted: int = 0
     active: int = 0
     rejected_over_limit: int = 0
+    rejected_per_source: Counter[str] = field(default_factory=Counter)
+    """Connections closed at once by the per-source limits: ``rate`` or ``connections``."""
     handshakes_ok: int = 0
     handshakes_failed: Counter[str] = field(default_factory=Counter)
     handler_errors: int = 0
@@ -92,6 +93,13 @@ class TLSServer:
         self._connections: dict[TLSStream, trio.CancelScope] = {}
         self._connection_ended = trio.Event()
         self._draining = False
+        self.source_limits = SourceLimits.unless_off(
+            rate=settings.per_source_rate,
+            burst=settings.per_source_burst,
+            max_connections=settings.per_source_connections,
+            exempt=settings.per_source_exempt,
+        )
+        self._refusal_log = LogThrottle()
 
     @property
     def addresses(self) -> list[Address]:
@@ -157,18 +165,44 @@ class TLSServer:
 
     async def _connection_task(self, transport: trio.SocketStream) -> None:
         try:
-            await self._serve_connection(transport)
+            try:
+                address = normalize_address(transport.socket.getpeername())
+            except OSError:  # the peer left before we looked
+                await trio.aclose_forcefully(transport)
+                return
+            limits = self.source_limits
+            if limits is None:
+                await self._serve_connection(transport, address)
+                return
+            refused = limits.admit(address[0], trio.current_time())
+            if refused is not None:
+                self._refuse(address, refused)
+                await trio.aclose_forcefully(transport)
+                return
+            try:
+                await self._serve_connection(transport, address)
+            finally:
+                limits.release(address[0])
         finally:
             self.stats.active -= 1
             self.stats.closed += 1
             self._connection_ended.set()
 
-    async def _serve_connection(self, transport: trio.SocketStream) -> None:
-        try:
-            address = normalize_address(transport.socket.getpeername())
-        except OSError:  # the peer left before we looked
-            await trio.aclose_forcefully(transport)
-            return
+    def _refuse(self, address: Address, why: Refusal) -> None:
+        """Count (and, a line a second at most, log) a connection the per-source limits refused."""
+        self.stats.rejected_per_source[why] += 1
+        held = self._refusal_log.ready(trio.current_time())
+        if held is not None:
+            what = "handshake rate" if why == "rate" else "concurrent connections"
+            logger.warning(
+                "refused a connection from %s: over its per-source %s limit"
+                " (%d more refusals not logged)",
+                format_address(address),
+                what,
+                held,
+            )
+
+    async def _serve_connection(self, transport: trio.SocketStream, address: Address) -> None:
         stream = TLSStream(
             transport, TLSEngine.server(self.context), offload=self.offload, peer_address=address
         )
