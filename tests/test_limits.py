@@ -173,9 +173,7 @@ async def test_tls_flooder_is_throttled_while_another_source_is_served(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="trio_tls_dtls")
     # A slow refill: the flooder's burst is all it gets during the test.
-    settings = pki.server_settings(
-        per_source_rate=0.01, per_source_burst=3, per_source_exempt=()
-    )
+    settings = pki.server_settings(per_source_rate=0.01, per_source_burst=3, per_source_exempt=())
     client = pki.client_settings(handshake_timeout=5.0)
     async with running_tls_server(settings) as server:
         port = port_of(server)
@@ -246,9 +244,7 @@ async def test_tls_loopback_is_exempt_by_default(pki: PKIFiles) -> None:
 
 
 async def test_dtls_flooder_is_throttled_after_its_cookie(pki: PKIFiles) -> None:
-    settings = pki.server_settings(
-        per_source_rate=0.01, per_source_burst=2, per_source_exempt=()
-    )
+    settings = pki.server_settings(per_source_rate=0.01, per_source_burst=2, per_source_exempt=())
     client = pki.client_settings(handshake_timeout=2.0)
     async with running_dtls_server(settings) as server:
         port = port_of(server)
@@ -267,9 +263,7 @@ async def test_dtls_flooder_is_throttled_after_its_cookie(pki: PKIFiles) -> None
         # The refused ClientHellos carried valid cookies: the gate passed
         # them, the per-source limit dropped them.
         assert server.stats.dropped["per_source_rate"] >= 1
-        channel = await open_dtls_channel(
-            "127.0.0.1", port, settings=client, local_address=VICTIM
-        )
+        channel = await open_dtls_channel("127.0.0.1", port, settings=client, local_address=VICTIM)
         await channel.send(b"served")
         with trio.fail_after(5):
             assert await channel.receive() == b"served"
