@@ -569,8 +569,8 @@ def test_parser_module_does_not_import_trio() -> None:
 
 
 def test_argparse_type_error_is_specific() -> None:
-    from trio_tls_dtls.cli import _networks
+    from trio_tls_dtls.cli import _proxy_networks
 
-    assert _networks("10.0.0.0/8,::1") == ["10.0.0.0/8", "::1"]
+    assert _proxy_networks("10.0.0.0/8,::1") == ["10.0.0.0/8", "::1"]
     with pytest.raises(argparse.ArgumentTypeError, match="'x' is not an IP address"):
-        _networks("10.0.0.0/8,x")
+        _proxy_networks("10.0.0.0/8,x")

@@ -37,6 +37,7 @@ from .dtls.server import DTLSHandler
 from .errors import ConfigError, TLSDError
 from .forward import forward_tcp, forward_udp
 from .info import format_address
+from .limits import parse_networks
 from .logformat import TEXT_FORMAT, make_formatter, status_line
 from .metrics import serve_metrics
 from .service import Service
@@ -94,6 +95,37 @@ def _optional_seconds(text: str) -> float | None:
     return None if text.lower() in {"none", "off", "0"} else _seconds(text)
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number per second, not {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or a positive number, not {text}")
+    return value
+
+
+def _count_or_off(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or a positive integer, not {value}")
+    return value
+
+
+def _networks(text: str) -> list[str]:
+    if text.strip().lower() == "none":
+        return []
+    entries = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        parse_networks(entries, "--per-source-exempt")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return entries
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -109,7 +141,7 @@ def _target_text(text: str) -> str:
     return text
 
 
-def _networks(text: str) -> list[str]:
+def _proxy_networks(text: str) -> list[str]:
     entries = [entry.strip() for entry in text.split(",")]
     for entry in entries:
         try:
@@ -230,6 +262,30 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     p.add_argument("--max-connections", type=_positive_int, metavar="N", help="default: 1024")
     p.add_argument(
+        "--per-source-rate",
+        type=_rate,
+        metavar="R",
+        help="new handshakes/s per source (IPv4 address, IPv6 /64); default: 50, 0 = off",
+    )
+    p.add_argument(
+        "--per-source-burst",
+        type=_positive_int,
+        metavar="N",
+        help="handshakes a quiet source may start at once (default: 100)",
+    )
+    p.add_argument(
+        "--per-source-connections",
+        type=_count_or_off,
+        metavar="N",
+        help="concurrent TLS connections / DTLS peers per source (default: 256; 0 = off)",
+    )
+    p.add_argument(
+        "--per-source-exempt",
+        type=_networks,
+        metavar="CIDR,...",
+        help='networks not limited (default: 127.0.0.0/8,::1/128; "none" = limit all)',
+    )
+    p.add_argument(
         "--drain-timeout",
         type=_seconds,
         metavar="S",
@@ -273,7 +329,7 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     proxy.add_argument(
         "--proxy-trusted",
-        type=_networks,
+        type=_proxy_networks,
         action="extend",
         metavar="CIDR[,CIDR...]",
         help="who may send that header (repeatable; default: 127.0.0.1/32,::1/128)",
@@ -388,6 +444,10 @@ def _settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serv
         handshake_timeout=options["handshake_timeout"],
         idle_timeout=options["idle_timeout"],
         max_connections=options["max_connections"],
+        per_source_rate=options["per_source_rate"],
+        per_source_burst=options["per_source_burst"],
+        per_source_connections=options["per_source_connections"],
+        per_source_exempt=tuple(options["per_source_exempt"]),
         drain_timeout=options["drain_timeout"],
         mtu=options["mtu"],
         max_peers=options["max_peers"],
