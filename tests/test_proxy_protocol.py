@@ -574,3 +574,19 @@ def test_argparse_type_error_is_specific() -> None:
     assert _proxy_networks("10.0.0.0/8,::1") == ["10.0.0.0/8", "::1"]
     with pytest.raises(argparse.ArgumentTypeError, match="'x' is not an IP address"):
         _proxy_networks("10.0.0.0/8,x")
+
+
+async def test_per_source_limits_see_the_header_address(pki: PKIFiles) -> None:
+    # The balancer is loopback (exempt from the limits); its clients are not.
+    settings = pki.server_settings(proxy_protocol=True, per_source_connections=1)
+    async with running_tls_server(settings, whoami_handler) as server:
+        first = await proxied_tls(pki, port_of(server), v1("TCP4 203.0.113.7 192.0.2.1 1 443"))
+        assert await read_line(first) == b"203.0.113.7:1\n"
+        with pytest.raises(TLSDError):  # the same client again: over its cap of 1
+            await proxied_tls(pki, port_of(server), v1("TCP4 203.0.113.7 192.0.2.1 2 443"))
+        other = await proxied_tls(pki, port_of(server), v1("TCP4 203.0.113.8 192.0.2.1 3 443"))
+        assert await read_line(other) == b"203.0.113.8:3\n"
+        assert server.stats.rejected_per_source["connections"] == 1
+        assert server.stats.proxy_accepted == 3
+        await first.aclose()
+        await other.aclose()
