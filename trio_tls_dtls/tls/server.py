@@ -169,35 +169,103 @@ class TLSServer:
                 nursery.start_soon(self._connection_task, transport)
 
     async def _connection_task(self, transport: trio.SocketStream) -> None:
+        # The whole life of a connection is this one coroutine frame (plus
+        # the handler's): an idle connection's parked stack is per-connection
+        # memory, so admission is a call that returns and the handler is
+        # awaited right here.
+        admitted: tuple[Address, bytes] | None = None
         try:
+            admitted = await self._admit(transport)
+            if admitted is None:
+                return
+            address, leftover = admitted
+            stream = TLSStream(
+                transport,
+                TLSEngine.server(self.context),
+                offload=self.offload,
+                peer_address=address,
+                initial_data=leftover,
+            )
+            scope = self._connections[stream] = trio.CancelScope()
+            started = trio.current_time()
+            info: PeerInfo | None = None
+            reason, error = "cancelled", None
             try:
-                address = normalize_address(transport.socket.getpeername())
-            except OSError:  # the peer left before we looked
-                await trio.aclose_forcefully(transport)
-                return
-            leftover = b""
-            if self.settings.proxy_protocol:  # the real client, for the limits and all after
-                proxied = await self._read_proxy_header(transport, address)
-                if proxied is None:  # refused: closed, counted and logged
-                    return
-                address, leftover = proxied
-            limits = self.source_limits
-            if limits is None:
-                await self._serve_connection(transport, address, leftover)
-                return
+                with scope:
+                    info, reason, error = await self._handshake(stream, address)
+                    if info is not None:
+                        reason = "cancelled"  # unless the handler returns
+                        timeout = self.settings.idle_timeout
+                        if timeout is not None:
+                            # The connection's own scope carries the idle
+                            # deadline: no second scope per connection.
+                            stream.on_activity = IdleDeadline(scope, timeout).touch
+                        await self.handler(stream, info)
+                        reason = self._why_handler_returned(stream)
+                if scope.cancelled_caught:
+                    # A drain cancels only a connection still in its
+                    # handshake; after it, only the idle deadline does.
+                    reason = "drained" if info is None else self._idle_timed_out(info)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                reason = "broken"
+                logger.info("connection from %s ended: %s", format_address(address), exc)
+            except Exception:
+                reason = "error"
+                self.stats.handler_errors += 1
+                logger.exception("handler failed for %s", format_address(address))
+            finally:
+                del self._connections[stream]
+                # aclose closes the socket even when this deadline cancels it.
+                # A hard stop makes aclose raise Cancelled: account and log anyway.
+                try:
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await stream.aclose()
+                finally:
+                    self.stats.bytes_in += stream.bytes_received
+                    self.stats.bytes_out += stream.bytes_sent
+                    self.stats.closed_by_reason[reason] += 1
+                    log_close(
+                        address=address,
+                        transport="tls",
+                        info=info,
+                        bytes_in=stream.bytes_received,
+                        bytes_out=stream.bytes_sent,
+                        duration=trio.current_time() - started,
+                        reason=reason,
+                        handshake_error=error,
+                    )
+        finally:
+            if admitted is not None and self.source_limits is not None:
+                self.source_limits.release(admitted[0][0])
+            self.stats.active -= 1
+            self.stats.closed += 1
+            self._connection_ended.set()
+
+    async def _admit(self, transport: trio.SocketStream) -> tuple[Address, bytes] | None:
+        """The client's address and any bytes read past a PROXY header; None if refused.
+
+        A refused connection is closed, counted and logged here. An admitted
+        one holds a per-source slot until the connection task releases it.
+        """
+        try:
+            address = normalize_address(transport.socket.getpeername())
+        except OSError:  # the peer left before we looked
+            await trio.aclose_forcefully(transport)
+            return None
+        leftover = b""
+        if self.settings.proxy_protocol:  # the real client, for the limits and all after
+            proxied = await self._read_proxy_header(transport, address)
+            if proxied is None:  # refused: closed, counted and logged
+                return None
+            address, leftover = proxied
+        limits = self.source_limits
+        if limits is not None:
             refused = limits.admit(address[0], trio.current_time())
             if refused is not None:
                 self._refuse(address, refused)
                 await trio.aclose_forcefully(transport)
-                return
-            try:
-                await self._serve_connection(transport, address, leftover)
-            finally:
-                limits.release(address[0])
-        finally:
-            self.stats.active -= 1
-            self.stats.closed += 1
-            self._connection_ended.set()
+                return None
+        return address, leftover
 
     def _refuse(self, address: Address, why: Refusal) -> None:
         """Count (and, a line a second at most, log) a connection the per-source limits refused."""
@@ -212,59 +280,6 @@ class TLSServer:
                 what,
                 held,
             )
-
-    async def _serve_connection(
-        self, transport: trio.SocketStream, address: Address, leftover: bytes = b""
-    ) -> None:
-        stream = TLSStream(
-            transport,
-            TLSEngine.server(self.context),
-            offload=self.offload,
-            peer_address=address,
-            initial_data=leftover,
-        )
-        scope = self._connections[stream] = trio.CancelScope()
-        started = trio.current_time()
-        info: PeerInfo | None = None
-        reason, error = "cancelled", None
-        try:
-            with scope:
-                info, reason, error = await self._handshake(stream, address)
-                if info is not None:
-                    reason = "cancelled"  # unless the handler returns
-                    reason = await self._run_handler(stream, info, scope)
-            if scope.cancelled_caught:
-                # A drain cancels only a connection still in its handshake;
-                # after it, only the idle deadline does.
-                reason = "drained" if info is None else self._idle_timed_out(info)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = "broken"
-            logger.info("connection from %s ended: %s", format_address(address), exc)
-        except Exception:
-            reason = "error"
-            self.stats.handler_errors += 1
-            logger.exception("handler failed for %s", format_address(address))
-        finally:
-            del self._connections[stream]
-            # aclose closes the socket even when this deadline cancels it.
-            # A hard stop makes aclose raise Cancelled: account and log anyway.
-            try:
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await stream.aclose()
-            finally:
-                self.stats.bytes_in += stream.bytes_received
-                self.stats.bytes_out += stream.bytes_sent
-                self.stats.closed_by_reason[reason] += 1
-                log_close(
-                    address=address,
-                    transport="tls",
-                    info=info,
-                    bytes_in=stream.bytes_received,
-                    bytes_out=stream.bytes_sent,
-                    duration=trio.current_time() - started,
-                    reason=reason,
-                    handshake_error=error,
-                )
 
     async def _read_proxy_header(
         self, transport: trio.SocketStream, address: Address
@@ -364,16 +379,7 @@ class TLSServer:
         logger.info("TLS handshake ok: %s time=%.1fms", info.describe(), elapsed * 1000)
         return info, "handshake_done", None
 
-    async def _run_handler(self, stream: TLSStream, info: PeerInfo, scope: trio.CancelScope) -> str:
-        """Run the handler with the idle deadline on the connection's *scope*; why it ended.
-
-        One scope per connection, not a second one for the idle timer: each
-        is a few hundred bytes of per-connection memory.
-        """
-        timeout = self.settings.idle_timeout
-        if timeout is not None:
-            stream.on_activity = IdleDeadline(scope, timeout).touch
-        await self.handler(stream, info)
+    def _why_handler_returned(self, stream: TLSStream) -> str:
         if self._draining:
             return "drained"
         return "peer_closed" if stream.peer_closed else "handler_done"
