@@ -36,6 +36,7 @@ from .dtls.server import DTLSHandler
 from .errors import ConfigError, TLSDError
 from .forward import forward_tcp, forward_udp
 from .info import format_address
+from .limits import parse_networks
 from .logformat import TEXT_FORMAT, make_formatter, status_line
 from .metrics import serve_metrics
 from .service import Service
@@ -91,6 +92,37 @@ def _seconds(text: str) -> float:
 
 def _optional_seconds(text: str) -> float | None:
     return None if text.lower() in {"none", "off", "0"} else _seconds(text)
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number per second, not {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or a positive number, not {text}")
+    return value
+
+
+def _count_or_off(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or a positive integer, not {value}")
+    return value
+
+
+def _networks(text: str) -> list[str]:
+    if text.strip().lower() == "none":
+        return []
+    entries = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        parse_networks(entries, "--per-source-exempt")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return entries
 
 
 def _positive_int(text: str) -> int:
@@ -216,6 +248,30 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         "--idle-timeout", type=_optional_seconds, metavar="S", help="default: 300; 0 = none"
     )
     p.add_argument("--max-connections", type=_positive_int, metavar="N", help="default: 1024")
+    p.add_argument(
+        "--per-source-rate",
+        type=_rate,
+        metavar="R",
+        help="new handshakes/s per source (IPv4 address, IPv6 /64); default: 50, 0 = off",
+    )
+    p.add_argument(
+        "--per-source-burst",
+        type=_positive_int,
+        metavar="N",
+        help="handshakes a quiet source may start at once (default: 100)",
+    )
+    p.add_argument(
+        "--per-source-connections",
+        type=_count_or_off,
+        metavar="N",
+        help="concurrent TLS connections / DTLS peers per source (default: 256; 0 = off)",
+    )
+    p.add_argument(
+        "--per-source-exempt",
+        type=_networks,
+        metavar="CIDR,...",
+        help='networks not limited (default: 127.0.0.0/8,::1/128; "none" = limit all)',
+    )
     p.add_argument(
         "--drain-timeout",
         type=_seconds,
@@ -362,6 +418,10 @@ def _settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serv
         handshake_timeout=options["handshake_timeout"],
         idle_timeout=options["idle_timeout"],
         max_connections=options["max_connections"],
+        per_source_rate=options["per_source_rate"],
+        per_source_burst=options["per_source_burst"],
+        per_source_connections=options["per_source_connections"],
+        per_source_exempt=tuple(options["per_source_exempt"]),
         drain_timeout=options["drain_timeout"],
         mtu=options["mtu"],
         max_peers=options["max_peers"],

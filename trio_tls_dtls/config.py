@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
+from .limits import parse_networks
 
 __all__ = [
     "DEFAULT_DTLS_MTU",
@@ -87,6 +88,14 @@ def _positive(value: float, name: str) -> float:
 
 def _optional_positive(value: float | None, name: str) -> float | None:
     return None if value is None else _positive(value, name)
+
+
+def _rate(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number per second, not {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be 0 (no limit) or a positive number, not {value!r}")
+    return float(value)
 
 
 def _count(value: int, name: str, *, minimum: int = 1) -> int:
@@ -199,6 +208,16 @@ class ServerSettings:
     max_connections: int = 1024
     drain_timeout: float = 10.0
     """On shutdown, how long handlers get to finish after close_notify."""
+    per_source_rate: float = 50.0
+    """New handshakes per second one source may start (TLS connections, DTLS
+    peers after their cookie); 0 = no limit. A source is an IPv4 address or
+    an IPv6 /64."""
+    per_source_burst: int = 100
+    """Handshakes a quiet source may start at once before ``per_source_rate`` applies."""
+    per_source_connections: int = 256
+    """Concurrent TLS connections (and, separately, DTLS peers) per source; 0 = no limit."""
+    per_source_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    """Networks the per-source limits do not apply to (default: this host's loopback)."""
     offload: OffloadSettings = field(default_factory=OffloadSettings)
     # DTLS only.
     mtu: int = DEFAULT_DTLS_MTU
@@ -233,6 +252,17 @@ class ServerSettings:
         _set(self, "idle_timeout", _optional_positive(self.idle_timeout, "idle_timeout"))
         _count(self.max_connections, "max_connections")
         _set(self, "drain_timeout", _positive(self.drain_timeout, "drain_timeout"))
+        _set(self, "per_source_rate", _rate(self.per_source_rate, "per_source_rate"))
+        _count(self.per_source_burst, "per_source_burst")
+        _count(self.per_source_connections, "per_source_connections", minimum=0)
+        exempt: object = self.per_source_exempt  # a str would pass tuple() as characters
+        if isinstance(exempt, str):
+            raise ConfigError("per_source_exempt must be a list of networks, not one string")
+        _set(self, "per_source_exempt", tuple(self.per_source_exempt))
+        try:
+            parse_networks(self.per_source_exempt, "per_source_exempt")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         _mtu(self.mtu)
         _count(self.max_peers, "max_peers")
         _count(self.peer_queue_size, "peer_queue_size")

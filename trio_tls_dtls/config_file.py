@@ -33,6 +33,7 @@ from typing import Any
 
 from .config import DEFAULT_DTLS_MTU, MAX_DTLS_MTU, MIN_DTLS_MTU, VerifyClient
 from .errors import ConfigError
+from .limits import parse_networks
 from .targets import parse_target
 
 __all__ = ["DEFAULTS", "load_config_file", "render_options"]
@@ -55,6 +56,10 @@ DEFAULTS: dict[str, Any] = {
     "handshake_timeout": 10.0,
     "idle_timeout": 300.0,
     "max_connections": 1024,
+    "per_source_rate": 50.0,
+    "per_source_burst": 100,
+    "per_source_connections": 256,
+    "per_source_exempt": ["127.0.0.0/8", "::1/128"],
     "drain_timeout": 10.0,
     "mtu": DEFAULT_DTLS_MTU,
     "max_peers": 1024,
@@ -130,6 +135,25 @@ def _protocols(value: object, base: Path) -> list[str]:
     return sorted(set(protocols), key=["tls", "dtls"].index)
 
 
+def _rate(value: object, base: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad(f"expected a number per second, got {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise _Bad(f"expected 0 (off) or a positive number, got {value!r}")
+    return float(value)
+
+
+def _networks(value: object, base: Path) -> list[str]:
+    if value == []:
+        return []
+    entries = _strings(value, base)
+    try:
+        parse_networks(entries, "entry")
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    return entries
+
+
 def _bool(value: object, base: Path) -> bool:
     if not isinstance(value, bool):
         raise _Bad(f"expected true or false, got {value!r}")
@@ -169,6 +193,10 @@ _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "handshake_timeout": _seconds,
     "idle_timeout": _optional_seconds,
     "max_connections": _int_in(1, 2**31, "a positive integer"),
+    "per_source_rate": _rate,
+    "per_source_burst": _int_in(1, 2**31, "a positive integer"),
+    "per_source_connections": _int_in(0, 2**31, "0 (off) or a positive integer"),
+    "per_source_exempt": _networks,
     "drain_timeout": _seconds,
     "mtu": _int_in(MIN_DTLS_MTU, MAX_DTLS_MTU, f"an MTU of {MIN_DTLS_MTU}-{MAX_DTLS_MTU} bytes"),
     "max_peers": _int_in(1, 2**31, "a positive integer"),

@@ -123,6 +123,14 @@ def _tls_metrics(service: Service) -> Iterator[Metric]:
         "TLS connections closed at once because max_connections were open",
         value=stats.rejected_over_limit,
     )
+    per_source = CounterMetricFamily(
+        PREFIX + "tls_connections_refused_per_source",
+        "TLS connections closed at once by the per-source limits, by limit",
+        labels=["limit"],
+    )
+    for limit in ("rate", "connections"):
+        per_source.add_metric([limit], stats.rejected_per_source[limit])
+    yield per_source
 
 
 def _dtls_metrics(service: Service) -> Iterator[Metric]:

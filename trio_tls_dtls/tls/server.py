@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from ..context import build_server_context
 from ..engine import TLSEngine
 from ..errors import HandshakeError
 from ..info import Address, PeerInfo, format_address
+from ..limits import LogThrottle, Refusal, SourceLimits
 from ..listen import normalize_address, open_tcp_listeners
 from ..offload import CryptoOffload
 from ..timeouts import IdleDeadline
@@ -40,8 +40,6 @@ TLSHandler = Callable[[TLSStream, PeerInfo], Awaitable[object]]
 # handler returns, before the socket is simply closed.
 _GOODBYE_ATTEMPTS = 20
 _GOODBYE_RETRY = 0.05
-_GOODBYE_ATTEMPTS = 20
-_GOODBYE_RETRY = 0.05
 CLOSE_TIMEOUT = 2.0
 
 # Accept errors that mean "out of resources right now": pause, don't die.
@@ -56,6 +54,8 @@ class TLSServerStats:
     accepted: int = 0
     active: int = 0
     rejected_over_limit: int = 0
+    rejected_per_source: Counter[str] = field(default_factory=Counter)
+    """Connections closed at once by the per-source limits: ``rate`` or ``connections``."""
     handshakes_ok: int = 0
     handshakes_failed: Counter[str] = field(default_factory=Counter)
     handler_errors: int = 0
@@ -93,6 +93,13 @@ class TLSServer:
         self._connections: dict[TLSStream, trio.CancelScope] = {}
         self._connection_ended = trio.Event()
         self._draining = False
+        self.source_limits = SourceLimits.unless_off(
+            rate=settings.per_source_rate,
+            burst=settings.per_source_burst,
+            max_connections=settings.per_source_connections,
+            exempt=settings.per_source_exempt,
+        )
+        self._refusal_log = LogThrottle()
 
     @property
     def addresses(self) -> list[Address]:
@@ -158,18 +165,44 @@ class TLSServer:
 
     async def _connection_task(self, transport: trio.SocketStream) -> None:
         try:
-            await self._serve_connection(transport)
+            try:
+                address = normalize_address(transport.socket.getpeername())
+            except OSError:  # the peer left before we looked
+                await trio.aclose_forcefully(transport)
+                return
+            limits = self.source_limits
+            if limits is None:
+                await self._serve_connection(transport, address)
+                return
+            refused = limits.admit(address[0], trio.current_time())
+            if refused is not None:
+                self._refuse(address, refused)
+                await trio.aclose_forcefully(transport)
+                return
+            try:
+                await self._serve_connection(transport, address)
+            finally:
+                limits.release(address[0])
         finally:
             self.stats.active -= 1
             self.stats.closed += 1
             self._connection_ended.set()
 
-    async def _serve_connection(self, transport: trio.SocketStream) -> None:
-        try:
-            address = normalize_address(transport.socket.getpeername())
-        except OSError:  # the peer left before we looked
-            await trio.aclose_forcefully(transport)
-            return
+    def _refuse(self, address: Address, why: Refusal) -> None:
+        """Count (and, a line a second at most, log) a connection the per-source limits refused."""
+        self.stats.rejected_per_source[why] += 1
+        held = self._refusal_log.ready(trio.current_time())
+        if held is not None:
+            what = "handshake rate" if why == "rate" else "concurrent connections"
+            logger.warning(
+                "refused a connection from %s: over its per-source %s limit"
+                " (%d more refusals not logged)",
+                format_address(address),
+                what,
+                held,
+            )
+
+    async def _serve_connection(self, transport: trio.SocketStream, address: Address) -> None:
         stream = TLSStream(
             transport, TLSEngine.server(self.context), offload=self.offload, peer_address=address
         )
@@ -182,9 +215,11 @@ class TLSServer:
                 info, reason, error = await self._handshake(stream, address)
                 if info is not None:
                     reason = "cancelled"  # unless the handler returns
-                    reason = await self._run_handler(stream, info)
-            if scope.cancelled_caught:  # a drain cut a connection still in its handshake
-                reason = "drained"
+                    reason = await self._run_handler(stream, info, scope)
+            if scope.cancelled_caught:
+                # A drain cancels only a connection still in its handshake;
+                # after it, only the idle deadline does.
+                reason = "drained" if info is None else self._idle_timed_out(info)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = "broken"
             logger.info("connection from %s ended: %s", format_address(address), exc)
@@ -241,23 +276,26 @@ class TLSServer:
         logger.info("TLS handshake ok: %s time=%.1fms", info.describe(), elapsed * 1000)
         return info, "handshake_done", None
 
-    async def _run_handler(self, stream: TLSStream, info: PeerInfo) -> str:
-        """Run the handler under the idle timeout; why the connection ended."""
+    async def _run_handler(self, stream: TLSStream, info: PeerInfo, scope: trio.CancelScope) -> str:
+        """Run the handler with the idle deadline on the connection's *scope*; why it ended.
+
+        One scope per connection, not a second one for the idle timer: each
+        is a few hundred bytes of per-connection memory.
+        """
         timeout = self.settings.idle_timeout
-        with trio.CancelScope(deadline=math.inf) as scope:
-            if timeout is not None:
-                idle = IdleDeadline(scope, timeout)
-                stream.on_activity = idle.touch
-            await self.handler(stream, info)
-        if scope.cancelled_caught:
-            self.stats.idle_timeouts += 1
-            logger.info(
-                "closing %s: idle for %gs", format_address(info.address), self.settings.idle_timeout
-            )
-            return "idle_timeout"
+        if timeout is not None:
+            stream.on_activity = IdleDeadline(scope, timeout).touch
+        await self.handler(stream, info)
         if self._draining:
             return "drained"
         return "peer_closed" if stream.peer_closed else "handler_done"
+
+    def _idle_timed_out(self, info: PeerInfo) -> str:
+        self.stats.idle_timeouts += 1
+        logger.info(
+            "closing %s: idle for %gs", format_address(info.address), self.settings.idle_timeout
+        )
+        return "idle_timeout"
 
 
 async def _say_goodbye(stream: TLSStream, scope: trio.CancelScope) -> None:

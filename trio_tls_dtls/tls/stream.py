@@ -99,7 +99,7 @@ class TLSStream(trio.abc.Stream):
         self._send_broken = False
         self._handshake_done = False
         self._info: PeerInfo | None = None
-        self._handshake_lock = trio.Lock()
+        self._handshake_lock: trio.Lock | None = trio.Lock()
         self._engine_lock = trio.Lock()
         self._send_lock = trio.StrictFIFOLock()
         self._send_conflict = ConflictDetector("another task is already sending on this TLSStream")
@@ -204,24 +204,34 @@ class TLSStream(trio.abc.Stream):
             raise
         self._activity()
 
-    def _read_now(self, size: int) -> bytes | None:
-        """What the socket holds right now (b"" at EOF), or None to wait through trio."""
-        sock = self._direct_socket
-        if sock is None or (fd := sock.fileno()) < 0:
-            return None
-        try:
-            return os.read(fd, size)
-        except OSError:  # would block, or failed: trio's receive waits or reports it
-            return None
-
     async def _receive_into_engine(self, max_bytes: int | None = None) -> tuple[int, bool]:
-        """Read one chunk of ciphertext into the engine: its size, and whether we yielded."""
+        """Read one chunk of ciphertext into the engine: its size, and whether we yielded.
+
+        Over a plain socket this reads the descriptor, and waits for it to
+        become readable, itself: waiting inside ``SocketStream.receive_some``
+        would park five more frames and context managers per idle connection
+        (per-connection memory). trio's receive is used without a plain
+        socket, and after a failed read so that trio reports the failure.
+        """
         size = max_bytes or self._receive_size
-        now = self._read_now(size)
-        waited = now is None
-        if now is not None:
-            data: bytes | bytearray = now
-        else:
+        data: bytes | bytearray | None = None
+        waited = False
+        sock = self._direct_socket
+        while sock is not None and (fd := sock.fileno()) >= 0:
+            try:
+                data = os.read(fd, size)
+                break
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            waited = True
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                raise trio.ClosedResourceError("this TLSStream was closed") from None
+        if data is None:
+            waited = True
             try:
                 data = await self.transport_stream.receive_some(size)
             except trio.ClosedResourceError:
@@ -250,11 +260,18 @@ class TLSStream(trio.abc.Stream):
         if self._handshake_done:
             await trio.lowlevel.checkpoint()
             return
-        async with self._handshake_lock:
+        lock = self._handshake_lock
+        if lock is None:  # done, and the lock already dropped
+            await trio.lowlevel.checkpoint()
+            return
+        async with lock:
             # Another task may have finished (or failed) it while we waited.
             self._check_usable()
             if not self._handshake_done:
                 await self._handshake_or_raise()
+                # Later callers see _handshake_done first; the lock's parking
+                # lot is per-connection memory an idle connection need not keep.
+                self._handshake_lock = None
 
     async def _handshake_or_raise(self) -> None:
         try:
