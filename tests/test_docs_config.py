@@ -1,21 +1,33 @@
-"""docs/reference/config.rst lists exactly the config keys the code accepts, with their defaults.
+"""The docs cannot drift from the code: the config reference and the runnable examples.
 
-The table is written by hand; this test keeps it from drifting: every key of
-``config_file.DEFAULTS`` has a row, no row names a key the code does not
-know, each row's default is the code's default, and each row's flag is a
-real ``serve`` flag.
+docs/reference/config.rst is written by hand; these tests keep it in step:
+every key of ``config_file.DEFAULTS`` has a row, no row names a key the code
+does not know, each row's default is the code's default, and each row's flag
+is a real ``serve`` flag. The programs under docs/examples/, which the how-to
+guides include, are run against a development PKI and must print what the
+guides show.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import PKIFiles
 from trio_tls_dtls.cli import build_parser
 from trio_tls_dtls.config_file import DEFAULTS, render_options
 
-CONFIG_RST = Path(__file__).resolve().parent.parent / "docs" / "reference" / "config.rst"
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_RST = ROOT / "docs" / "reference" / "config.rst"
+EXAMPLES = ROOT / "docs" / "examples"
+SERVE = [sys.executable, "-m", "trio_tls_dtls", "serve"]
 
 _ROW = re.compile(r"^   \* - (.*)$")
 _CELL = re.compile(r"^     - ?(.*)$")
@@ -104,3 +116,80 @@ def test_documented_flags_exist() -> None:
         assert named, f"{key}: no flag named in {row[3]!r}"
         for flag in named:
             assert flag in flags, f"{key}: {flag} is not a serve flag"
+
+
+def example_env() -> dict[str, str]:
+    """The environment with this checkout first on the import path."""
+    path = [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
+
+
+def run_example(name: str, cwd: Path, *args: str) -> str:
+    """Run docs/examples/NAME in *cwd* (which holds ./certs); its stdout."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        cwd=cwd,
+        env=example_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def certs_dir(tmp_path: Path, pki: PKIFiles) -> Path:
+    """A folder with the development PKI in ./certs, as the examples expect."""
+    shutil.copytree(pki.dir, tmp_path / "certs")
+    return tmp_path
+
+
+@pytest.mark.timeout(90)
+def test_embed_example_runs(certs_dir: Path) -> None:
+    out = run_example("embed.py", certs_dir).splitlines()
+    assert out[0].startswith("TLS: TLSv1.3 ")
+    assert out[1].startswith("b'hello CN=")  # the client certificate's subject
+    assert out[2] == "b'SHOUT THIS'"
+    assert out[3:] == [
+        "DTLS: DTLSv1.2 ECDHE-ECDSA-AES128-GCM-SHA256",
+        "b'1: one'",
+        "b'2: two'",
+        "TLS stats: 1 handshake(s) ok",
+        "DTLS stats: 1 handshake(s) ok",
+    ]
+
+
+@pytest.mark.timeout(90)
+def test_embed_service_example_runs(certs_dir: Path) -> None:
+    out = run_example("embed_service.py", certs_dir).splitlines()
+    assert out[0].startswith("serving on port ")
+    assert out[1:] == [
+        "b'desserts'",
+        "b'reward'",
+        "client sees end of stream: True",
+        "still open after drain: 0",
+        "TLS: 1 connections, 1 handshakes ok, 0 failed; DTLS: 1 peers, 1 handshakes ok, 0 failed",
+    ]
+
+
+@pytest.mark.timeout(90)
+def test_unanswered_hellos_example_gets_only_hello_verify_requests(certs_dir: Path) -> None:
+    server = subprocess.Popen(
+        [*SERVE, "--dtls-only", "--host", "127.0.0.1", "--port", "0"],
+        cwd=certs_dir,
+        env=example_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        first = server.stderr.readline()  # "...: DTLS on udp 127.0.0.1:PORT"
+        match = re.search(r"udp 127\.0\.0\.1:(\d+)", first)
+        assert match, first
+        out = run_example("unanswered_hellos.py", certs_dir, match.group(1), "5")
+        assert re.fullmatch(r"5 ClientHellos of \d+ bytes; answers of \[60\] bytes\n", out), out
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
