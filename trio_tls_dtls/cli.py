@@ -8,6 +8,7 @@ below already name the file, flag or port at fault.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import math
 import os
@@ -138,6 +139,18 @@ def _positive_int(text: str) -> int:
 def _target_text(text: str) -> str:
     parse_target(text)  # raises argparse.ArgumentTypeError with the reason
     return text
+
+
+def _proxy_networks(text: str) -> list[str]:
+    entries = [entry.strip() for entry in text.split(",")]
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{entry!r} is not an IP address or network (CIDR): {exc}"
+            ) from None
+    return entries
 
 
 def _workers(text: str) -> int | str:
@@ -308,6 +321,19 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         metavar="N",
         help="worker processes sharing the port (SO_REUSEPORT); auto = one per CPU (default: 1)",
     )
+    proxy = p.add_argument_group("PROXY protocol (TLS behind a layer-4 load balancer)")
+    proxy.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect a PROXY v1/v2 header before TLS and log/limit by its client address",
+    )
+    proxy.add_argument(
+        "--proxy-trusted",
+        type=_proxy_networks,
+        action="extend",
+        metavar="CIDR[,CIDR...]",
+        help="who may send that header (repeatable; default: 127.0.0.1/32,::1/128)",
+    )
     dtls = p.add_argument_group("DTLS")
     dtls.add_argument(
         "--mtu",
@@ -426,6 +452,8 @@ def _settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serv
         mtu=options["mtu"],
         max_peers=options["max_peers"],
         cookie_secret_file=options["cookie_secret_file"],
+        proxy_protocol=options["proxy_protocol"],
+        proxy_trusted=tuple(options["proxy_trusted"]),
     )
     return settings, dev
 
@@ -495,6 +523,9 @@ async def _serve(
             )
             if service.dtls is not None:
                 logger.info("DTLS cookie secret fingerprint %s", service.dtls.cookies.fingerprint)
+            if service.tls is not None and service.settings.proxy_protocol:
+                trusted = ", ".join(service.settings.proxy_trusted)
+                logger.info("TLS expects a PROXY protocol header, trusted from: %s", trusted)
             for is_dtls, server in ((False, service.tls), (True, service.dtls)):
                 if server is not None and not worker:
                     hint = connect_hint(service.port, service.settings, dev, dtls=is_dtls)

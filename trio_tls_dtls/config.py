@@ -10,6 +10,7 @@ message names the setting.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from .limits import parse_networks
 
 __all__ = [
     "DEFAULT_DTLS_MTU",
+    "DEFAULT_PROXY_TRUSTED",
     "DEFAULT_TLS12_CIPHERS",
     "MAX_DTLS_MTU",
     "MIN_DTLS_MTU",
@@ -136,6 +138,33 @@ def _mtu(value: int) -> int:
     return value
 
 
+DEFAULT_PROXY_TRUSTED = ("127.0.0.1/32", "::1/128")
+"""Who may send a PROXY header unless told otherwise: this host only."""
+
+ProxyNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _proxy_networks(entries: object, enabled: object) -> tuple[ProxyNetwork, ...]:
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"proxy_protocol must be true or false, not {enabled!r}")
+    if isinstance(entries, str) or not isinstance(entries, tuple | list):
+        raise ConfigError(f"proxy_trusted must be a list of addresses or networks, not {entries!r}")
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"proxy_trusted entry {entry!r} is not an IP address or network: {exc}"
+            ) from None
+    if enabled and not networks:
+        raise ConfigError(
+            "proxy_protocol is on but proxy_trusted is empty: every connection would be "
+            "refused; list the load balancers' addresses"
+        )
+    return tuple(networks)
+
+
 def _set(obj: object, name: str, value: object) -> None:
     # Frozen dataclasses normalise their own fields in __post_init__.
     object.__setattr__(obj, name, value)
@@ -219,6 +248,14 @@ class ServerSettings:
     per_source_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     """Networks the per-source limits do not apply to (default: this host's loopback)."""
     offload: OffloadSettings = field(default_factory=OffloadSettings)
+    # TLS behind a layer-4 load balancer (see docs/howto/proxy-protocol.rst).
+    proxy_protocol: bool = False
+    """Read a PROXY protocol header (v1 or v2) before TLS, and use its client address."""
+    proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
+    """Addresses or networks (CIDR) allowed to send that header; others are refused."""
+    _proxy_networks: tuple[ProxyNetwork, ...] = field(
+        default=(), init=False, repr=False, compare=False, hash=False
+    )
     # DTLS only.
     mtu: int = DEFAULT_DTLS_MTU
     max_peers: int = 1024
@@ -272,6 +309,20 @@ class ServerSettings:
             _optional_path(self.cookie_secret_file, "cookie_secret_file"),
         )
         _set(self, "cookie_rotation", _positive(self.cookie_rotation, "cookie_rotation"))
+        networks = _proxy_networks(self.proxy_trusted, self.proxy_protocol)
+        _set(self, "proxy_trusted", tuple(str(net) for net in networks))
+        _set(self, "_proxy_networks", networks)
+
+    def proxy_trusts(self, host: str) -> bool:
+        """Whether a connection from *host* may send a PROXY header (per ``proxy_trusted``)."""
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            mapped = address.ipv4_mapped
+            return any(mapped in net or address in net for net in self._proxy_networks)
+        return any(address in net for net in self._proxy_networks)
 
     @classmethod
     def from_files(

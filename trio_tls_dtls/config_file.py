@@ -25,13 +25,20 @@ An unknown key, a value of the wrong type or an impossible value is a
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_DTLS_MTU, MAX_DTLS_MTU, MIN_DTLS_MTU, VerifyClient
+from .config import (
+    DEFAULT_DTLS_MTU,
+    DEFAULT_PROXY_TRUSTED,
+    MAX_DTLS_MTU,
+    MIN_DTLS_MTU,
+    VerifyClient,
+)
 from .errors import ConfigError
 from .limits import parse_networks
 from .targets import parse_target
@@ -70,6 +77,8 @@ DEFAULTS: dict[str, Any] = {
     "log_format": "text",
     "metrics_port": None,
     "metrics_host": "127.0.0.1",
+    "proxy_protocol": False,
+    "proxy_trusted": list(DEFAULT_PROXY_TRUSTED),
 }
 """Every serve option and its default."""
 
@@ -169,6 +178,16 @@ def _host_port(value: object, base: Path) -> str:
     return text
 
 
+def _proxy_networks(value: object, base: Path) -> list[str]:
+    entries = _strings(value, base)
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError as exc:
+            raise _Bad(f"entry {entry!r} is not an IP address or network: {exc}") from None
+    return entries
+
+
 def _workers(value: object, base: Path) -> int | str:
     if value == "auto":
         return "auto"
@@ -207,6 +226,8 @@ _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "log_format": _choice("text", "json"),
     "metrics_port": _int_in(1, 65535, "a port 1-65535"),
     "metrics_host": _string,
+    "proxy_protocol": _bool,
+    "proxy_trusted": _proxy_networks,
 }
 assert _CHECKS.keys() == DEFAULTS.keys()
 

@@ -26,6 +26,7 @@ from ..info import Address, PeerInfo, format_address
 from ..limits import LogThrottle, Refusal, SourceLimits
 from ..listen import normalize_address, open_tcp_listeners
 from ..offload import CryptoOffload
+from ..proxy_protocol import MAX_HEADER_LENGTH, ProxyHeaderError, ProxyHeaderParser
 from ..timeouts import IdleDeadline
 from .stream import TLSStream
 
@@ -65,6 +66,10 @@ class TLSServerStats:
     bytes_in: int = 0
     bytes_out: int = 0
     handshake_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)
+    proxy_accepted: int = 0
+    """PROXY protocol headers read and used (``proxy_protocol`` on)."""
+    proxy_rejected: Counter[str] = field(default_factory=Counter)
+    """Connections refused before TLS, by why: untrusted, invalid, timeout, closed."""
 
 
 class TLSServer:
@@ -170,9 +175,15 @@ class TLSServer:
             except OSError:  # the peer left before we looked
                 await trio.aclose_forcefully(transport)
                 return
+            leftover = b""
+            if self.settings.proxy_protocol:  # the real client, for the limits and all after
+                proxied = await self._read_proxy_header(transport, address)
+                if proxied is None:  # refused: closed, counted and logged
+                    return
+                address, leftover = proxied
             limits = self.source_limits
             if limits is None:
-                await self._serve_connection(transport, address)
+                await self._serve_connection(transport, address, leftover)
                 return
             refused = limits.admit(address[0], trio.current_time())
             if refused is not None:
@@ -180,7 +191,7 @@ class TLSServer:
                 await trio.aclose_forcefully(transport)
                 return
             try:
-                await self._serve_connection(transport, address)
+                await self._serve_connection(transport, address, leftover)
             finally:
                 limits.release(address[0])
         finally:
@@ -202,9 +213,15 @@ class TLSServer:
                 held,
             )
 
-    async def _serve_connection(self, transport: trio.SocketStream, address: Address) -> None:
+    async def _serve_connection(
+        self, transport: trio.SocketStream, address: Address, leftover: bytes = b""
+    ) -> None:
         stream = TLSStream(
-            transport, TLSEngine.server(self.context), offload=self.offload, peer_address=address
+            transport,
+            TLSEngine.server(self.context),
+            offload=self.offload,
+            peer_address=address,
+            initial_data=leftover,
         )
         scope = self._connections[stream] = trio.CancelScope()
         started = trio.current_time()
@@ -248,6 +265,77 @@ class TLSServer:
                     reason=reason,
                     handshake_error=error,
                 )
+
+    async def _read_proxy_header(
+        self, transport: trio.SocketStream, address: Address
+    ) -> tuple[Address, bytes] | None:
+        """The client's address from the PROXY header, and the bytes that followed it.
+
+        *address* is the socket's peer (the load balancer); it stays the
+        address when the header names none (LOCAL, UNKNOWN, UNSPEC). Returns
+        None if the connection was refused: the peer is not trusted to send a
+        header, or the header is bad, late (the handshake timeout bounds it)
+        or cut short. The connection is then closed, counted and logged here.
+        """
+        started = trio.current_time()
+        if not self.settings.proxy_trusts(address[0]):
+            why = "not in proxy_trusted"
+            await self._refuse_proxy(transport, address, started, "untrusted", why)
+            return None
+        parser = ProxyHeaderParser()
+        try:
+            with trio.fail_after(self.settings.handshake_timeout):
+                while True:
+                    data = await transport.receive_some(MAX_HEADER_LENGTH)
+                    if not data:
+                        why = "the connection closed before the PROXY header ended"
+                        await self._refuse_proxy(transport, address, started, "closed", why)
+                        return None
+                    if (result := parser.feed(data)) is not None:
+                        break
+        except trio.TooSlowError:
+            why = f"no complete PROXY header within {self.settings.handshake_timeout:g}s"
+            await self._refuse_proxy(transport, address, started, "timeout", why)
+            return None
+        except ProxyHeaderError as exc:
+            await self._refuse_proxy(transport, address, started, "invalid", str(exc))
+            return None
+        except trio.BrokenResourceError as exc:
+            await self._refuse_proxy(transport, address, started, "closed", str(exc))
+            return None
+        except BaseException:  # cancelled: the stream that would close it does not exist yet
+            await trio.aclose_forcefully(transport)
+            raise
+        header, leftover = result
+        self.stats.proxy_accepted += 1
+        source = header.source if header.source is not None else address
+        logger.debug(
+            "PROXY v%d %s header from %s: client %s",
+            header.version,
+            header.command,
+            format_address(address),
+            format_address(source),
+        )
+        return source, leftover
+
+    async def _refuse_proxy(
+        self, transport: trio.SocketStream, address: Address, started: float, why: str, detail: str
+    ) -> None:
+        """Close a connection refused before TLS; count it and log it."""
+        await trio.aclose_forcefully(transport)
+        reason = "proxy_untrusted" if why == "untrusted" else "proxy_header"
+        self.stats.proxy_rejected[why] += 1
+        self.stats.closed_by_reason[reason] += 1
+        logger.info("refused connection from %s: %s", format_address(address), detail)
+        log_close(
+            address=address,
+            transport="tls",
+            info=None,
+            bytes_in=0,
+            bytes_out=0,
+            duration=trio.current_time() - started,
+            reason=reason,
+        )
 
     async def _handshake(
         self, stream: TLSStream, address: Address

@@ -65,6 +65,8 @@ class TLSStream(trio.abc.Stream):
     :func:`~trio_tls_dtls.open_tls_stream`; build one directly only to run
     TLS over an unusual transport. The handshake happens on the first
     ``send_all``/``receive_some`` or an explicit :meth:`do_handshake`.
+    *initial_data* is ciphertext already read from *transport_stream* (for
+    example what followed a PROXY protocol header); it is processed first.
 
     ``aclose`` sends close_notify (if it can without waiting for another
     task) and closes the transport; it does not wait for the peer's reply.
@@ -81,6 +83,7 @@ class TLSStream(trio.abc.Stream):
         peer_address: Address | None = None,
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         on_activity: Callable[[], None] | None = None,
+        initial_data: bytes | bytearray | memoryview = b"",
     ) -> None:
         self.transport_stream = transport_stream
         self.peer_address = peer_address
@@ -91,6 +94,10 @@ class TLSStream(trio.abc.Stream):
             transport_stream.socket if isinstance(transport_stream, trio.SocketStream) else None
         )
         self._engine = engine
+        # Ciphertext already read from the transport by someone else (the
+        # server, after a PROXY header): the engine takes it before anything
+        # the socket holds, and the direct-read fast path stays as it is.
+        engine.receive_bytes(initial_data)
         self._offload = offload if offload is not None else CryptoOffload()
         self._receive_size = receive_size
         self.on_activity = on_activity
