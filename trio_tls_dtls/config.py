@@ -201,7 +201,7 @@ class OffloadSettings:
     encrypted or decrypted at once, because a thread hop costs more than
     encrypting a small record. ``max_threads`` bounds the threads doing
     crypto at once (default: the CPU count). The defaults are measured; see
-    docs/performance.md.
+    docs/performance.rst.
     """
 
     handshakes: bool = True

@@ -9,7 +9,7 @@ keep serving and lets several handshakes use several cores.
 A thread hop is not free (≈ 77 µs measured on our reference machine), which
 is more than encrypting a 64 KiB record costs with AES-GCM. So records stay
 on the loop unless a single call moves at least ``record_threshold`` bytes.
-docs/performance.md records the measurements behind the defaults.
+docs/performance.rst records the measurements behind the defaults.
 
 Invariant kept by the callers, not here: an engine is used by one thread at
 a time. The drivers await every offloaded call before touching the engine
