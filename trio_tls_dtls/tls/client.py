@@ -48,6 +48,8 @@ async def open_tls_stream(
         check_hostname=settings.verify and settings.check_hostname,
         session=session,
     )
+    if settings.request_ocsp:
+        engine.connection.request_ocsp()
     transport = await trio.open_tcp_stream(host, port)
     try:
         address = normalize_address(transport.socket.getpeername())
