@@ -15,12 +15,13 @@ from cryptography.x509 import ocsp
 from tests.conftest import PKIFiles
 from tests.helpers import port_of, running_dtls_server, running_tls_server
 from tests.openssl import OPENSSL, openssl_process, s_client_args
+from tests.test_cli import CLI, assert_one_line_error, bound_port, run_cli, serving_without_stop
 from trio_tls_dtls import (
     CertificateSettings,
     ConfigError,
     HandshakeError,
-    Service,
     ServerSettings,
+    Service,
     open_dtls_channel,
     open_tls_stream,
 )
@@ -155,16 +156,18 @@ async def test_client_sees_a_good_staple_over_tls_and_dtls(tmp_path: Path, pki: 
     settings = stapling_settings(pki, write_staple(tmp_path, good_staple(pki)))
     client = pki.client_settings(require_ocsp=True)
     async with running_tls_server(settings) as server:
-        stream = await open_tls_stream("127.0.0.1", port_of(server), settings=client,
-                                       server_hostname="localhost")
+        stream = await open_tls_stream(
+            "127.0.0.1", port_of(server), settings=client, server_hostname="localhost"
+        )
         assert stream.info.ocsp is not None
         assert stream.info.ocsp.state is OCSPState.GOOD, stream.info.ocsp
         await stream.send_all(b"ping")
         assert await stream.receive_some() == b"ping"
         await stream.aclose()
     async with running_dtls_server(settings) as dserver:
-        channel = await open_dtls_channel("127.0.0.1", port_of(dserver), settings=client,
-                                          server_hostname="localhost")
+        channel = await open_dtls_channel(
+            "127.0.0.1", port_of(dserver), settings=client, server_hostname="localhost"
+        )
         assert channel.info.ocsp is not None and channel.info.ocsp.good
         await channel.aclose()
 
@@ -174,14 +177,20 @@ async def test_revoked_staple_fails_a_requiring_client(tmp_path: Path, pki: PKIF
     settings = stapling_settings(pki, write_staple(tmp_path, revoked))
     async with running_tls_server(settings) as server:
         with pytest.raises(HandshakeError, match="OCSP staple refused: revoked") as caught:
-            await open_tls_stream("127.0.0.1", port_of(server),
-                                  settings=pki.client_settings(require_ocsp=True),
-                                  server_hostname="localhost")
+            await open_tls_stream(
+                "127.0.0.1",
+                port_of(server),
+                settings=pki.client_settings(require_ocsp=True),
+                server_hostname="localhost",
+            )
         assert "revoked" in caught.value.reason
         # Asking without requiring: the handshake succeeds and reports the verdict.
-        stream = await open_tls_stream("127.0.0.1", port_of(server),
-                                       settings=pki.client_settings(request_ocsp=True),
-                                       server_hostname="localhost")
+        stream = await open_tls_stream(
+            "127.0.0.1",
+            port_of(server),
+            settings=pki.client_settings(request_ocsp=True),
+            server_hostname="localhost",
+        )
         assert stream.info.ocsp is not None and stream.info.ocsp.state is OCSPState.REVOKED
         await stream.aclose()
 
@@ -190,26 +199,36 @@ async def test_no_staple(pki: PKIFiles) -> None:
     async with running_tls_server(pki.server_settings()) as server:
         port = port_of(server)
         with pytest.raises(HandshakeError, match="OCSP staple refused: missing"):
-            await open_tls_stream("127.0.0.1", port,
-                                  settings=pki.client_settings(require_ocsp=True),
-                                  server_hostname="localhost")
-        stream = await open_tls_stream("127.0.0.1", port, settings=pki.client_settings(),
-                                       server_hostname="localhost")
+            await open_tls_stream(
+                "127.0.0.1",
+                port,
+                settings=pki.client_settings(require_ocsp=True),
+                server_hostname="localhost",
+            )
+        stream = await open_tls_stream(
+            "127.0.0.1", port, settings=pki.client_settings(), server_hostname="localhost"
+        )
         assert stream.info.ocsp is None
         await stream.aclose()
     async with running_dtls_server(pki.server_settings()) as dserver:
         with pytest.raises(HandshakeError, match="OCSP staple refused: missing"):
-            await open_dtls_channel("127.0.0.1", port_of(dserver),
-                                    settings=pki.client_settings(require_ocsp=True),
-                                    server_hostname="localhost")
+            await open_dtls_channel(
+                "127.0.0.1",
+                port_of(dserver),
+                settings=pki.client_settings(require_ocsp=True),
+                server_hostname="localhost",
+            )
 
 
 async def test_empty_staple_file_means_no_staple(tmp_path: Path, pki: PKIFiles) -> None:
     settings = stapling_settings(pki, write_staple(tmp_path, b""))
     async with running_tls_server(settings) as server:
-        stream = await open_tls_stream("127.0.0.1", port_of(server),
-                                       settings=pki.client_settings(request_ocsp=True),
-                                       server_hostname="localhost")
+        stream = await open_tls_stream(
+            "127.0.0.1",
+            port_of(server),
+            settings=pki.client_settings(request_ocsp=True),
+            server_hostname="localhost",
+        )
         assert stream.info.ocsp is not None and stream.info.ocsp.state is OCSPState.MISSING
         await stream.aclose()
 
@@ -222,14 +241,16 @@ async def test_resumed_session_passes_a_requiring_client(
     client = pki.client_settings(require_ocsp=True, max_version=version)
     async with running_tls_server(settings) as server:
         port = port_of(server)
-        first = await open_tls_stream("127.0.0.1", port, settings=client,
-                                      server_hostname="localhost")
+        first = await open_tls_stream(
+            "127.0.0.1", port, settings=client, server_hostname="localhost"
+        )
         await first.send_all(b"x")  # TLS 1.3 tickets come with the first reply
         assert await first.receive_some() == b"x"
         session = first.session
         await first.aclose()
-        second = await open_tls_stream("127.0.0.1", port, settings=client, session=session,
-                                       server_hostname="localhost")
+        second = await open_tls_stream(
+            "127.0.0.1", port, settings=client, session=session, server_hostname="localhost"
+        )
         assert second.info.resumed
         # No certificate, so no staple, on resumption: nothing to refuse.
         assert second.info.ocsp is None or second.info.ocsp.state is OCSPState.RESUMED
@@ -244,17 +265,18 @@ async def test_reload_picks_up_a_new_staple(tmp_path: Path, pki: PKIFiles) -> No
         service = Service(settings)
         await service.bind(0, "127.0.0.1")
         await nursery.start(service.run)
-        stream = await open_tls_stream("127.0.0.1", service.port, settings=client,
-                                       server_hostname="localhost")
+        stream = await open_tls_stream(
+            "127.0.0.1", service.port, settings=client, server_hostname="localhost"
+        )
         assert stream.info.ocsp is not None and stream.info.ocsp.good
         await stream.aclose()
-        revoked = make_response(pki.pki.server.cert, pki.pki.ca,
-                                status=ocsp.OCSPCertStatus.REVOKED)
+        revoked = make_response(pki.pki.server.cert, pki.pki.ca, status=ocsp.OCSPCertStatus.REVOKED)
         staple.write_bytes(revoked)
         assert service.reload()
         for opener in (open_tls_stream, open_dtls_channel):
-            conn = await opener("127.0.0.1", service.port, settings=client,
-                                server_hostname="localhost")
+            conn = await opener(
+                "127.0.0.1", service.port, settings=client, server_hostname="localhost"
+            )
             assert conn.info.ocsp is not None
             assert conn.info.ocsp.state is OCSPState.REVOKED, opener
             await conn.aclose()
@@ -278,3 +300,56 @@ async def test_openssl_s_client_status_sees_the_staple(tmp_path: Path, pki: PKIF
     assert "OCSP Response Status: successful" in report, report
     assert "Cert Status: good" in report, report
 
+
+# -- the command line ---------------------------------------------------------------
+
+
+def test_serve_with_a_missing_staple_file_names_it(tmp_path: Path, pki: PKIFiles) -> None:
+    missing = tmp_path / "missing.der"
+    flags = ["--cert", str(pki.server_cert), "--key", str(pki.server_key)]
+    result = run_cli("serve", *flags, "--port", "0", "--ocsp-staple", str(missing))
+    assert_one_line_error(result, f"OCSP staple file not found: {missing}")
+
+
+def test_config_file_key_ocsp_staple(tmp_path: Path, pki: PKIFiles) -> None:
+    write_staple(tmp_path, good_staple(pki))
+    config = tmp_path / "tlsd.toml"
+    config.write_text(
+        f'cert = "{pki.server_cert}"\nkey = "{pki.server_key}"\nocsp_staple = "staple.der"\n'
+    )
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f'ocsp_staple = "{tmp_path / "staple.der"}"' in result.stdout
+    (tmp_path / "staple.der").write_bytes(b"junk")
+    assert_one_line_error(run_cli("check-config", str(config)), "not a DER OCSP response")
+
+
+async def test_client_command_prints_and_requires_the_staple(tmp_path: Path, pki: PKIFiles) -> None:
+    staple = write_staple(tmp_path, good_staple(pki))
+    flags = ["--cert", str(pki.server_cert), "--key", str(pki.server_key)]
+    async with serving_without_stop(*flags, "--ocsp-staple", str(staple)) as (_, banner):
+        for proto in ("tls", "dtls"):
+            port = bound_port(banner, "tcp" if proto == "tls" else "udp")
+            args = [proto, f"127.0.0.1:{port}", "--ca", str(pki.ca), "--servername", "localhost"]
+            result = await run_client(*args, "--ocsp")
+            assert result.returncode == 0, result.stderr
+            assert "ocsp:     good (not revoked; valid until" in result.stderr.decode()
+            assert result.stdout == b"hello\n"
+    async with serving_without_stop(*flags) as (_, banner):
+        port = bound_port(banner, "tcp")
+        args = ["tls", f"127.0.0.1:{port}", "--ca", str(pki.ca), "--servername", "localhost"]
+        result = await run_client(*args, "--ocsp")
+        assert result.returncode == 2, result.stderr
+        assert "OCSP staple refused: missing" in result.stderr.decode()
+        plain = await run_client(*args)
+        assert plain.returncode == 0 and b"ocsp:" not in plain.stderr
+
+
+async def run_client(*args: str) -> trio.CompletedProcess[bytes]:
+    return await trio.run_process(
+        [*CLI, "client", *args],
+        stdin=b"hello\n",
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )

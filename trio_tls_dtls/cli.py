@@ -197,6 +197,12 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--cert", type=Path, help="certificate chain file (PEM)")
     p.add_argument("--key", type=Path, help="private key file (PEM)")
     p.add_argument("--key-password-file", type=Path, help="file holding the key's passphrase")
+    p.add_argument(
+        "--ocsp-staple",
+        type=Path,
+        metavar="FILE",
+        help="DER OCSP response to staple (re-read on SIGHUP; see docs/howto/ocsp)",
+    )
     p.add_argument("--ca", type=Path, help="CA file that signs client certificates")
     p.add_argument(
         "--verify-client",
@@ -352,7 +358,12 @@ def _settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serv
     else:
         cert, key = options["cert"], options["key"]
     settings = ServerSettings(
-        certificate=CertificateSettings(cert, key, _read_password(options["key_password_file"])),
+        certificate=CertificateSettings(
+            cert,
+            key,
+            _read_password(options["key_password_file"]),
+            ocsp_staple_file=options["ocsp_staple"],
+        ),
         ca_file=ca,
         verify_client=VerifyClient(options["verify_client"]),
         min_version=options["min_version"],

@@ -202,24 +202,23 @@ def check_staple(
         return OCSPStatus(OCSPState.INVALID, problem)
     moment = now or datetime.datetime.now(datetime.UTC)
     this_update, next_update = single.this_update_utc, single.next_update_utc
-    when = {"this_update": this_update, "next_update": next_update}
+
+    def verdict(state: OCSPState, detail: str) -> OCSPStatus:
+        return OCSPStatus(state, detail, this_update, next_update)
+
     if this_update > moment + CLOCK_SKEW:
-        return OCSPStatus(
-            OCSPState.INVALID, f"the staple is from the future ({_utc(this_update)})", **when
-        )
+        return verdict(OCSPState.INVALID, f"the staple is from the future ({_utc(this_update)})")
     if next_update is not None and moment > next_update:
-        return OCSPStatus(
-            OCSPState.INVALID, f"the staple expired at {_utc(next_update)}", **when
-        )
+        return verdict(OCSPState.INVALID, f"the staple expired at {_utc(next_update)}")
     status = single.certificate_status
     if status is ocsp.OCSPCertStatus.REVOKED:
         revoked = single.revocation_time_utc
         at = f" at {_utc(revoked)}" if revoked is not None else ""
-        return OCSPStatus(OCSPState.REVOKED, f"the certificate was revoked{at}", **when)
+        return verdict(OCSPState.REVOKED, f"the certificate was revoked{at}")
     if status is ocsp.OCSPCertStatus.UNKNOWN:
-        return OCSPStatus(OCSPState.UNKNOWN, "the responder does not know the certificate", **when)
+        return verdict(OCSPState.UNKNOWN, "the responder does not know the certificate")
     until = f"valid until {_utc(next_update)}" if next_update else "no next_update"
-    return OCSPStatus(OCSPState.GOOD, f"not revoked; {until}", **when)
+    return verdict(OCSPState.GOOD, f"not revoked; {until}")
 
 
 def _utc(moment: datetime.datetime) -> str:
