@@ -269,7 +269,7 @@ class ClientSettings:
     With ``ca_file`` unset the system's trust store is used. ``verify=False``
     turns off certificate *and* hostname checks: only for testing.
     ``request_ocsp`` asks the server for a stapled OCSP response and checks
-    it (the verdict is :attr:`PeerInfo.ocsp <trio_tls_dtls.info.PeerInfo.ocsp>`);
+    it (the verdict is ``PeerInfo.ocsp``);
     ``require_ocsp`` also fails the handshake unless the staple is present,
     valid and GOOD.
     """
