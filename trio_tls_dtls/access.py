@@ -9,7 +9,9 @@ Reasons: ``peer_closed`` (the peer's close_notify), ``handler_done`` (our
 handler returned first), ``idle_timeout``, ``handshake_timeout``,
 ``handshake_failed`` (with ``handshake_error``), ``broken`` (the transport
 failed or the peer vanished without close_notify), ``drained`` (a graceful
-shutdown), ``removed`` (a DTLS peer replaced by a new handshake from its
+shutdown), ``proxy_untrusted`` (a PROXY protocol listener refused a peer
+not in ``proxy_trusted``), ``proxy_header`` (its PROXY header was bad, late
+or cut short), ``removed`` (a DTLS peer replaced by a new handshake from its
 address, or evicted from a full table), ``error`` (the handler raised),
 ``cancelled`` (a hard stop).
 """

@@ -8,6 +8,7 @@ below already name the file, flag or port at fault.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import math
 import os
@@ -36,6 +37,7 @@ from .dtls.server import DTLSHandler
 from .errors import ConfigError, TLSDError
 from .forward import forward_tcp, forward_udp
 from .info import format_address
+from .limits import parse_networks
 from .logformat import TEXT_FORMAT, make_formatter, status_line
 from .metrics import serve_metrics
 from .privileges import Identity, drop_privileges, lookup_identity, resolve_identity
@@ -94,6 +96,37 @@ def _optional_seconds(text: str) -> float | None:
     return None if text.lower() in {"none", "off", "0"} else _seconds(text)
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number per second, not {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or a positive number, not {text}")
+    return value
+
+
+def _count_or_off(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or a positive integer, not {value}")
+    return value
+
+
+def _networks(text: str) -> list[str]:
+    if text.strip().lower() == "none":
+        return []
+    entries = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        parse_networks(entries, "--per-source-exempt")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return entries
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -107,6 +140,18 @@ def _positive_int(text: str) -> int:
 def _target_text(text: str) -> str:
     parse_target(text)  # raises argparse.ArgumentTypeError with the reason
     return text
+
+
+def _proxy_networks(text: str) -> list[str]:
+    entries = [entry.strip() for entry in text.split(",")]
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{entry!r} is not an IP address or network (CIDR): {exc}"
+            ) from None
+    return entries
 
 
 def _workers(text: str) -> int | str:
@@ -224,6 +269,30 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     p.add_argument("--max-connections", type=_positive_int, metavar="N", help="default: 1024")
     p.add_argument(
+        "--per-source-rate",
+        type=_rate,
+        metavar="R",
+        help="new handshakes/s per source (IPv4 address, IPv6 /64); default: 50, 0 = off",
+    )
+    p.add_argument(
+        "--per-source-burst",
+        type=_positive_int,
+        metavar="N",
+        help="handshakes a quiet source may start at once (default: 100)",
+    )
+    p.add_argument(
+        "--per-source-connections",
+        type=_count_or_off,
+        metavar="N",
+        help="concurrent TLS connections / DTLS peers per source (default: 256; 0 = off)",
+    )
+    p.add_argument(
+        "--per-source-exempt",
+        type=_networks,
+        metavar="CIDR,...",
+        help='networks not limited (default: 127.0.0.0/8,::1/128; "none" = limit all)',
+    )
+    p.add_argument(
         "--drain-timeout",
         type=_seconds,
         metavar="S",
@@ -268,6 +337,19 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         type=_workers,
         metavar="N",
         help="worker processes sharing the port (SO_REUSEPORT); auto = one per CPU (default: 1)",
+    )
+    proxy = p.add_argument_group("PROXY protocol (TLS behind a layer-4 load balancer)")
+    proxy.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect a PROXY v1/v2 header before TLS and log/limit by its client address",
+    )
+    proxy.add_argument(
+        "--proxy-trusted",
+        type=_proxy_networks,
+        action="extend",
+        metavar="CIDR[,CIDR...]",
+        help="who may send that header (repeatable; default: 127.0.0.1/32,::1/128)",
     )
     dtls = p.add_argument_group("DTLS")
     dtls.add_argument(
@@ -384,10 +466,16 @@ def _settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serv
         handshake_timeout=options["handshake_timeout"],
         idle_timeout=options["idle_timeout"],
         max_connections=options["max_connections"],
+        per_source_rate=options["per_source_rate"],
+        per_source_burst=options["per_source_burst"],
+        per_source_connections=options["per_source_connections"],
+        per_source_exempt=tuple(options["per_source_exempt"]),
         drain_timeout=options["drain_timeout"],
         mtu=options["mtu"],
         max_peers=options["max_peers"],
         cookie_secret_file=options["cookie_secret_file"],
+        proxy_protocol=options["proxy_protocol"],
+        proxy_trusted=tuple(options["proxy_trusted"]),
     )
     return settings, dev
 
@@ -475,6 +563,9 @@ async def _serve(
             )
             if service.dtls is not None:
                 logger.info("DTLS cookie secret fingerprint %s", service.dtls.cookies.fingerprint)
+            if service.tls is not None and service.settings.proxy_protocol:
+                trusted = ", ".join(service.settings.proxy_trusted)
+                logger.info("TLS expects a PROXY protocol header, trusted from: %s", trusted)
             for is_dtls, server in ((False, service.tls), (True, service.dtls)):
                 if server is not None and not worker:
                     hint = connect_hint(service.port, service.settings, dev, dtls=is_dtls)

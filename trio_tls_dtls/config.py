@@ -10,6 +10,7 @@ message names the setting.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import os
 from dataclasses import dataclass, field
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
+from .limits import parse_networks
 
 __all__ = [
     "DEFAULT_DTLS_MTU",
+    "DEFAULT_PROXY_TRUSTED",
     "DEFAULT_TLS12_CIPHERS",
     "MAX_DTLS_MTU",
     "MIN_DTLS_MTU",
@@ -89,6 +92,14 @@ def _optional_positive(value: float | None, name: str) -> float | None:
     return None if value is None else _positive(value, name)
 
 
+def _rate(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number per second, not {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be 0 (no limit) or a positive number, not {value!r}")
+    return float(value)
+
+
 def _count(value: int, name: str, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an integer, not {value!r}")
@@ -125,6 +136,33 @@ def _mtu(value: int) -> int:
     if not MIN_DTLS_MTU <= value <= MAX_DTLS_MTU:
         raise ConfigError(f"mtu must be {MIN_DTLS_MTU}-{MAX_DTLS_MTU} bytes, not {value}")
     return value
+
+
+DEFAULT_PROXY_TRUSTED = ("127.0.0.1/32", "::1/128")
+"""Who may send a PROXY header unless told otherwise: this host only."""
+
+ProxyNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _proxy_networks(entries: object, enabled: object) -> tuple[ProxyNetwork, ...]:
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"proxy_protocol must be true or false, not {enabled!r}")
+    if isinstance(entries, str) or not isinstance(entries, tuple | list):
+        raise ConfigError(f"proxy_trusted must be a list of addresses or networks, not {entries!r}")
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"proxy_trusted entry {entry!r} is not an IP address or network: {exc}"
+            ) from None
+    if enabled and not networks:
+        raise ConfigError(
+            "proxy_protocol is on but proxy_trusted is empty: every connection would be "
+            "refused; list the load balancers' addresses"
+        )
+    return tuple(networks)
 
 
 def _set(obj: object, name: str, value: object) -> None:
@@ -204,7 +242,25 @@ class ServerSettings:
     max_connections: int = 1024
     drain_timeout: float = 10.0
     """On shutdown, how long handlers get to finish after close_notify."""
+    per_source_rate: float = 50.0
+    """New handshakes per second one source may start (TLS connections, DTLS
+    peers after their cookie); 0 = no limit. A source is an IPv4 address or
+    an IPv6 /64."""
+    per_source_burst: int = 100
+    """Handshakes a quiet source may start at once before ``per_source_rate`` applies."""
+    per_source_connections: int = 256
+    """Concurrent TLS connections (and, separately, DTLS peers) per source; 0 = no limit."""
+    per_source_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    """Networks the per-source limits do not apply to (default: this host's loopback)."""
     offload: OffloadSettings = field(default_factory=OffloadSettings)
+    # TLS behind a layer-4 load balancer (see docs/howto/proxy-protocol.rst).
+    proxy_protocol: bool = False
+    """Read a PROXY protocol header (v1 or v2) before TLS, and use its client address."""
+    proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
+    """Addresses or networks (CIDR) allowed to send that header; others are refused."""
+    _proxy_networks: tuple[ProxyNetwork, ...] = field(
+        default=(), init=False, repr=False, compare=False, hash=False
+    )
     # DTLS only.
     mtu: int = DEFAULT_DTLS_MTU
     max_peers: int = 1024
@@ -238,6 +294,17 @@ class ServerSettings:
         _set(self, "idle_timeout", _optional_positive(self.idle_timeout, "idle_timeout"))
         _count(self.max_connections, "max_connections")
         _set(self, "drain_timeout", _positive(self.drain_timeout, "drain_timeout"))
+        _set(self, "per_source_rate", _rate(self.per_source_rate, "per_source_rate"))
+        _count(self.per_source_burst, "per_source_burst")
+        _count(self.per_source_connections, "per_source_connections", minimum=0)
+        exempt: object = self.per_source_exempt  # a str would pass tuple() as characters
+        if isinstance(exempt, str):
+            raise ConfigError("per_source_exempt must be a list of networks, not one string")
+        _set(self, "per_source_exempt", tuple(self.per_source_exempt))
+        try:
+            parse_networks(self.per_source_exempt, "per_source_exempt")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         _mtu(self.mtu)
         _count(self.max_peers, "max_peers")
         _count(self.peer_queue_size, "peer_queue_size")
@@ -247,6 +314,20 @@ class ServerSettings:
             _optional_path(self.cookie_secret_file, "cookie_secret_file"),
         )
         _set(self, "cookie_rotation", _positive(self.cookie_rotation, "cookie_rotation"))
+        networks = _proxy_networks(self.proxy_trusted, self.proxy_protocol)
+        _set(self, "proxy_trusted", tuple(str(net) for net in networks))
+        _set(self, "_proxy_networks", networks)
+
+    def proxy_trusts(self, host: str) -> bool:
+        """Whether a connection from *host* may send a PROXY header (per ``proxy_trusted``)."""
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            mapped = address.ipv4_mapped
+            return any(mapped in net or address in net for net in self._proxy_networks)
+        return any(address in net for net in self._proxy_networks)
 
     @classmethod
     def from_files(

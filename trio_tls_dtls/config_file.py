@@ -25,14 +25,22 @@ An unknown key, a value of the wrong type or an impossible value is a
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_DTLS_MTU, MAX_DTLS_MTU, MIN_DTLS_MTU, VerifyClient
+from .config import (
+    DEFAULT_DTLS_MTU,
+    DEFAULT_PROXY_TRUSTED,
+    MAX_DTLS_MTU,
+    MIN_DTLS_MTU,
+    VerifyClient,
+)
 from .errors import ConfigError
+from .limits import parse_networks
 from .targets import parse_target
 
 __all__ = ["DEFAULTS", "load_config_file", "render_options"]
@@ -56,6 +64,10 @@ DEFAULTS: dict[str, Any] = {
     "handshake_timeout": 10.0,
     "idle_timeout": 300.0,
     "max_connections": 1024,
+    "per_source_rate": 50.0,
+    "per_source_burst": 100,
+    "per_source_connections": 256,
+    "per_source_exempt": ["127.0.0.0/8", "::1/128"],
     "drain_timeout": 10.0,
     "mtu": DEFAULT_DTLS_MTU,
     "max_peers": 1024,
@@ -68,6 +80,8 @@ DEFAULTS: dict[str, Any] = {
     "log_format": "text",
     "metrics_port": None,
     "metrics_host": "127.0.0.1",
+    "proxy_protocol": False,
+    "proxy_trusted": list(DEFAULT_PROXY_TRUSTED),
 }
 """Every serve option and its default."""
 
@@ -133,6 +147,25 @@ def _protocols(value: object, base: Path) -> list[str]:
     return sorted(set(protocols), key=["tls", "dtls"].index)
 
 
+def _rate(value: object, base: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad(f"expected a number per second, got {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise _Bad(f"expected 0 (off) or a positive number, got {value!r}")
+    return float(value)
+
+
+def _networks(value: object, base: Path) -> list[str]:
+    if value == []:
+        return []
+    entries = _strings(value, base)
+    try:
+        parse_networks(entries, "entry")
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    return entries
+
+
 def _bool(value: object, base: Path) -> bool:
     if not isinstance(value, bool):
         raise _Bad(f"expected true or false, got {value!r}")
@@ -146,6 +179,16 @@ def _host_port(value: object, base: Path) -> str:
     except argparse.ArgumentTypeError as exc:
         raise _Bad(str(exc)) from None
     return text
+
+
+def _proxy_networks(value: object, base: Path) -> list[str]:
+    entries = _strings(value, base)
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError as exc:
+            raise _Bad(f"entry {entry!r} is not an IP address or network: {exc}") from None
+    return entries
 
 
 def _workers(value: object, base: Path) -> int | str:
@@ -173,6 +216,10 @@ _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "handshake_timeout": _seconds,
     "idle_timeout": _optional_seconds,
     "max_connections": _int_in(1, 2**31, "a positive integer"),
+    "per_source_rate": _rate,
+    "per_source_burst": _int_in(1, 2**31, "a positive integer"),
+    "per_source_connections": _int_in(0, 2**31, "0 (off) or a positive integer"),
+    "per_source_exempt": _networks,
     "drain_timeout": _seconds,
     "mtu": _int_in(MIN_DTLS_MTU, MAX_DTLS_MTU, f"an MTU of {MIN_DTLS_MTU}-{MAX_DTLS_MTU} bytes"),
     "max_peers": _int_in(1, 2**31, "a positive integer"),
@@ -185,6 +232,8 @@ _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "log_format": _choice("text", "json"),
     "metrics_port": _int_in(1, 65535, "a port 1-65535"),
     "metrics_host": _string,
+    "proxy_protocol": _bool,
+    "proxy_trusted": _proxy_networks,
 }
 assert _CHECKS.keys() == DEFAULTS.keys()
 

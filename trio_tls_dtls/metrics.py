@@ -123,6 +123,24 @@ def _tls_metrics(service: Service) -> Iterator[Metric]:
         "TLS connections closed at once because max_connections were open",
         value=stats.rejected_over_limit,
     )
+    per_source = CounterMetricFamily(
+        PREFIX + "tls_connections_refused_per_source",
+        "TLS connections closed at once by the per-source limits, by limit",
+        labels=["limit"],
+    )
+    for limit in ("rate", "connections"):
+        per_source.add_metric([limit], stats.rejected_per_source[limit])
+    yield per_source
+    if service.tls.settings.proxy_protocol:
+        proxy = CounterMetricFamily(
+            PREFIX + "tls_proxy_headers",
+            "PROXY protocol headers: accepted, or the connection refused before TLS (by reason)",
+            labels=["outcome", "reason"],
+        )
+        proxy.add_metric(["accepted", ""], stats.proxy_accepted)
+        for reason, n in sorted(stats.proxy_rejected.items()):
+            proxy.add_metric(["rejected", reason], n)
+        yield proxy
 
 
 def _dtls_metrics(service: Service) -> Iterator[Metric]:

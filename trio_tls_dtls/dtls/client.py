@@ -30,6 +30,7 @@ async def open_dtls_channel(
     server_hostname: str | None = None,
     session: SSL.Session | None = None,
     offload: CryptoOffload | None = None,
+    local_address: str | None = None,
 ) -> DTLSChannel:
     """Complete a DTLS 1.2 handshake with *host*:*port* over UDP.
 
@@ -45,6 +46,8 @@ async def open_dtls_channel(
     Raises :class:`~trio_tls_dtls.errors.HandshakeError` on failure or
     timeout (including "nothing listening", which UDP reports as an ICMP
     port unreachable), and ``OSError`` if *host* does not resolve.
+    *local_address* is the local IP address to send from (default: the
+    system's choice).
     """
     settings = settings if settings is not None else _DEFAULT_SETTINGS
     validate_port(port)
@@ -53,6 +56,8 @@ async def open_dtls_channel(
     family, kind, proto, _, sockaddr = infos[0]
     sock = trio.socket.socket(family, kind, proto)
     try:
+        if local_address is not None:
+            await sock.bind((local_address, 0))
         await sock.connect(sockaddr)
         address = normalize_address(sockaddr)
         engine = DTLSEngine.connect(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket as _stdsocket
-from collections import deque
 from typing import Protocol
 
 import trio
@@ -81,7 +80,9 @@ class PeerLink:
         self._sender = sender
         self.address = address
         self.capacity = capacity
-        self._queue: deque[bytes] = deque()
+        # A short list, not a deque: a deque allocates a 64-slot block at
+        # once, and this queue is per peer and usually empty.
+        self._queue: list[bytes] = []
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
 
@@ -98,7 +99,7 @@ class PeerLink:
             if self._closed:
                 raise trio.EndOfChannel
             await self._lot.park()
-        return self._queue.popleft()
+        return self._queue.pop(0)
 
     async def send(self, datagram: bytes) -> None:
         if self._closed:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import socket as _stdsocket
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ from ..context import build_server_context
 from ..engine import DTLSEngine
 from ..errors import HandshakeError, RecordParseError
 from ..info import Address, PeerInfo, format_address
+from ..limits import LogThrottle, Refusal, SourceLimits
 from ..listen import listen_error, normalize_address, validate_port
 from ..offload import CryptoOffload
 from ..timeouts import IdleDeadline
@@ -91,17 +91,24 @@ class DTLSServerStats:
 
 
 class _Peer:
-    """A peer-table entry: its queue, its task's cancel scope, its ClientHello."""
+    """A peer-table entry: its queue, its task's cancel scope, its ClientHello.
 
-    __slots__ = ("channel", "hello_id", "link", "scope")
+    The one scope also carries the idle deadline (a second scope per peer
+    would be a few hundred bytes more of per-peer memory); ``stopped`` tells
+    a removal from an idle timeout.
+    """
+
+    __slots__ = ("channel", "hello_id", "link", "scope", "stopped")
 
     def __init__(self, link: PeerLink, hello_id: bytes) -> None:
         self.link = link
         self.hello_id = hello_id
         self.scope = trio.CancelScope()
+        self.stopped = False
         self.channel: DTLSChannel | None = None
 
     def stop(self) -> None:
+        self.stopped = True
         self.scope.cancel()
         self.link.close()
 
@@ -148,6 +155,13 @@ class DTLSServer:
         """False once draining: no new peers, only the existing ones are served."""
         self._peer_ended = trio.Event()
         self._closing_senders: list[SocketSender] = []
+        self.source_limits = SourceLimits.unless_off(
+            rate=settings.per_source_rate,
+            burst=settings.per_source_burst,
+            max_connections=settings.per_source_connections,
+            exempt=settings.per_source_exempt,
+        )
+        self._refusal_log = LogThrottle()
 
     @property
     def addresses(self) -> list[Address]:
@@ -313,10 +327,20 @@ class DTLSServer:
         sender: SocketSender,
         nursery: trio.Nursery,
     ) -> None:
+        # Only now, after a valid cookie, is the source address proven: a
+        # spoofed flood cannot spend another address's handshake tokens.
+        limits = self.source_limits
+        if limits is not None:
+            refused = limits.admit(key[1][0], trio.current_time())
+            if refused is not None:
+                self._refuse(key[1], refused)
+                return
         try:
             engine = DTLSEngine.accept(self.context, datagram, mtu=self.settings.mtu)
         except HandshakeError as exc:
             self.stats.handshakes_failed[exc.reason] += 1
+            if limits is not None:
+                limits.release(key[1][0])
             return
         peer = _Peer(PeerLink(sender, key[1], self.settings.peer_queue_size), hello_id)
         for old in self.peers.add(key, peer):
@@ -335,6 +359,19 @@ class DTLSServer:
         self.stats.peers_active += 1
         nursery.start_soon(self._peer_task, key, peer, engine)
 
+    def _refuse(self, address: Address, why: Refusal) -> None:
+        """Drop a valid ClientHello the per-source limits refuse; the client retries later."""
+        self.stats.dropped[f"per_source_{why}"] += 1
+        held = self._refusal_log.ready(trio.current_time())
+        if held is not None:
+            what = "handshake rate" if why == "rate" else "concurrent peers"
+            logger.warning(
+                "refused a DTLS peer %s: over its per-source %s limit (%d more not logged)",
+                format_address(address),
+                what,
+                held,
+            )
+
     # -- one peer --------------------------------------------------------------------
 
     async def _peer_task(self, key: tuple[int, Address], peer: _Peer, engine: DTLSEngine) -> None:
@@ -349,9 +386,18 @@ class DTLSServer:
                 info, reason, error = await self._handshake(channel, address)
                 if info is not None:
                     reason = "cancelled"  # unless the handler returns
-                    reason = await self._run_handler(channel, info)
-            if peer.scope.cancelled_caught:  # replaced, evicted, or cut by a drain
-                reason = "drained" if not self.admitting else "removed"
+                    reason = await self._run_handler(channel, info, peer.scope)
+            if peer.scope.cancelled_caught:
+                if peer.stopped:  # replaced, evicted, or cut by a drain
+                    reason = "drained" if not self.admitting else "removed"
+                else:  # only the idle deadline cancels it otherwise
+                    reason = "idle_timeout"
+                    self.stats.idle_timeouts += 1
+                    logger.info(
+                        "DTLS peer %s idle for %gs: removed",
+                        format_address(address),
+                        self.settings.idle_timeout,
+                    )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = "broken"
             logger.info("DTLS peer %s ended: %s", format_address(address), exc)
@@ -362,6 +408,8 @@ class DTLSServer:
         finally:
             self.peers.remove(key, peer)
             self.stats.peers_active -= 1
+            if self.source_limits is not None:
+                self.source_limits.release(address[0])
             self._peer_ended.set()
             # A hard stop makes aclose raise Cancelled: account and log anyway.
             try:
@@ -409,17 +457,14 @@ class DTLSServer:
         logger.info("DTLS handshake ok: %s time=%.1fms", info.describe(), elapsed * 1000)
         return info, "handshake_done", None
 
-    async def _run_handler(self, channel: DTLSChannel, info: PeerInfo) -> str:
-        """Run the handler under the idle timeout; why the peer ended."""
+    async def _run_handler(
+        self, channel: DTLSChannel, info: PeerInfo, scope: trio.CancelScope
+    ) -> str:
+        """Run the handler with the idle deadline on the peer's *scope*; why the peer ended."""
         timeout = self.settings.idle_timeout
-        with trio.CancelScope(deadline=math.inf) as scope:
-            if timeout is not None:
-                channel.on_activity = IdleDeadline(scope, timeout).touch
-            await self.handler(channel, info)
-        if scope.cancelled_caught:
-            self.stats.idle_timeouts += 1
-            logger.info("DTLS peer %s idle for %gs: removed", format_address(info.address), timeout)
-            return "idle_timeout"
+        if timeout is not None:
+            channel.on_activity = IdleDeadline(scope, timeout).touch
+        await self.handler(channel, info)
         if not self.admitting:
             return "drained"
         return "peer_closed" if channel.peer_closed else "handler_done"

@@ -27,6 +27,7 @@ async def open_tls_stream(
     server_hostname: str | None = None,
     session: SSL.Session | None = None,
     offload: CryptoOffload | None = None,
+    local_address: str | None = None,
 ) -> TLSStream:
     """Connect to *host*:*port* over TCP and complete a TLS handshake.
 
@@ -38,6 +39,8 @@ async def open_tls_stream(
 
     Raises :class:`~trio_tls_dtls.errors.HandshakeError` if the handshake
     fails or times out, and ``OSError`` if the TCP connection cannot be made.
+    *local_address* is the local IP address to connect from (default: the
+    system's choice).
     """
     settings = settings if settings is not None else _DEFAULT_SETTINGS
     validate_port(port)
@@ -50,7 +53,7 @@ async def open_tls_stream(
     )
     if settings.request_ocsp:
         engine.connection.request_ocsp()
-    transport = await trio.open_tcp_stream(host, port)
+    transport = await trio.open_tcp_stream(host, port, local_address=local_address)
     try:
         address = normalize_address(transport.socket.getpeername())
         stream = TLSStream(

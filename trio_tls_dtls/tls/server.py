@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,8 +23,10 @@ from ..context import build_server_context
 from ..engine import TLSEngine
 from ..errors import HandshakeError
 from ..info import Address, PeerInfo, format_address
+from ..limits import LogThrottle, Refusal, SourceLimits
 from ..listen import normalize_address, open_tcp_listeners
 from ..offload import CryptoOffload
+from ..proxy_protocol import MAX_HEADER_LENGTH, ProxyHeaderError, ProxyHeaderParser
 from ..timeouts import IdleDeadline
 from .stream import TLSStream
 
@@ -38,8 +39,6 @@ TLSHandler = Callable[[TLSStream, PeerInfo], Awaitable[object]]
 
 # How long a connection may take to say goodbye (our close_notify) after the
 # handler returns, before the socket is simply closed.
-_GOODBYE_ATTEMPTS = 20
-_GOODBYE_RETRY = 0.05
 _GOODBYE_ATTEMPTS = 20
 _GOODBYE_RETRY = 0.05
 CLOSE_TIMEOUT = 2.0
@@ -56,6 +55,8 @@ class TLSServerStats:
     accepted: int = 0
     active: int = 0
     rejected_over_limit: int = 0
+    rejected_per_source: Counter[str] = field(default_factory=Counter)
+    """Connections closed at once by the per-source limits: ``rate`` or ``connections``."""
     handshakes_ok: int = 0
     handshakes_failed: Counter[str] = field(default_factory=Counter)
     handler_errors: int = 0
@@ -65,6 +66,10 @@ class TLSServerStats:
     bytes_in: int = 0
     bytes_out: int = 0
     handshake_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)
+    proxy_accepted: int = 0
+    """PROXY protocol headers read and used (``proxy_protocol`` on)."""
+    proxy_rejected: Counter[str] = field(default_factory=Counter)
+    """Connections refused before TLS, by why: untrusted, invalid, timeout, closed."""
 
 
 class TLSServer:
@@ -93,6 +98,13 @@ class TLSServer:
         self._connections: dict[TLSStream, trio.CancelScope] = {}
         self._connection_ended = trio.Event()
         self._draining = False
+        self.source_limits = SourceLimits.unless_off(
+            rate=settings.per_source_rate,
+            burst=settings.per_source_burst,
+            max_connections=settings.per_source_connections,
+            exempt=settings.per_source_exempt,
+        )
+        self._refusal_log = LogThrottle()
 
     @property
     def addresses(self) -> list[Address]:
@@ -157,62 +169,188 @@ class TLSServer:
                 nursery.start_soon(self._connection_task, transport)
 
     async def _connection_task(self, transport: trio.SocketStream) -> None:
+        # The whole life of a connection is this one coroutine frame (plus
+        # the handler's): an idle connection's parked stack is per-connection
+        # memory, so admission is a call that returns and the handler is
+        # awaited right here.
+        admitted: tuple[Address, bytes] | None = None
         try:
-            await self._serve_connection(transport)
+            admitted = await self._admit(transport)
+            if admitted is None:
+                return
+            address, leftover = admitted
+            stream = TLSStream(
+                transport,
+                TLSEngine.server(self.context),
+                offload=self.offload,
+                peer_address=address,
+                initial_data=leftover,
+            )
+            scope = self._connections[stream] = trio.CancelScope()
+            started = trio.current_time()
+            info: PeerInfo | None = None
+            reason, error = "cancelled", None
+            try:
+                with scope:
+                    info, reason, error = await self._handshake(stream, address)
+                    if info is not None:
+                        reason = "cancelled"  # unless the handler returns
+                        timeout = self.settings.idle_timeout
+                        if timeout is not None:
+                            # The connection's own scope carries the idle
+                            # deadline: no second scope per connection.
+                            stream.on_activity = IdleDeadline(scope, timeout).touch
+                        await self.handler(stream, info)
+                        reason = self._why_handler_returned(stream)
+                if scope.cancelled_caught:
+                    # A drain cancels only a connection still in its
+                    # handshake; after it, only the idle deadline does.
+                    reason = "drained" if info is None else self._idle_timed_out(info)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                reason = "broken"
+                logger.info("connection from %s ended: %s", format_address(address), exc)
+            except Exception:
+                reason = "error"
+                self.stats.handler_errors += 1
+                logger.exception("handler failed for %s", format_address(address))
+            finally:
+                del self._connections[stream]
+                # aclose closes the socket even when this deadline cancels it.
+                # A hard stop makes aclose raise Cancelled: account and log anyway.
+                try:
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await stream.aclose()
+                finally:
+                    self.stats.bytes_in += stream.bytes_received
+                    self.stats.bytes_out += stream.bytes_sent
+                    self.stats.closed_by_reason[reason] += 1
+                    log_close(
+                        address=address,
+                        transport="tls",
+                        info=info,
+                        bytes_in=stream.bytes_received,
+                        bytes_out=stream.bytes_sent,
+                        duration=trio.current_time() - started,
+                        reason=reason,
+                        handshake_error=error,
+                    )
         finally:
+            if admitted is not None and self.source_limits is not None:
+                self.source_limits.release(admitted[0][0])
             self.stats.active -= 1
             self.stats.closed += 1
             self._connection_ended.set()
 
-    async def _serve_connection(self, transport: trio.SocketStream) -> None:
+    async def _admit(self, transport: trio.SocketStream) -> tuple[Address, bytes] | None:
+        """The client's address and any bytes read past a PROXY header; None if refused.
+
+        A refused connection is closed, counted and logged here. An admitted
+        one holds a per-source slot until the connection task releases it.
+        """
         try:
             address = normalize_address(transport.socket.getpeername())
         except OSError:  # the peer left before we looked
             await trio.aclose_forcefully(transport)
-            return
-        stream = TLSStream(
-            transport, TLSEngine.server(self.context), offload=self.offload, peer_address=address
-        )
-        scope = self._connections[stream] = trio.CancelScope()
+            return None
+        leftover = b""
+        if self.settings.proxy_protocol:  # the real client, for the limits and all after
+            proxied = await self._read_proxy_header(transport, address)
+            if proxied is None:  # refused: closed, counted and logged
+                return None
+            address, leftover = proxied
+        limits = self.source_limits
+        if limits is not None:
+            refused = limits.admit(address[0], trio.current_time())
+            if refused is not None:
+                self._refuse(address, refused)
+                await trio.aclose_forcefully(transport)
+                return None
+        return address, leftover
+
+    def _refuse(self, address: Address, why: Refusal) -> None:
+        """Count (and, a line a second at most, log) a connection the per-source limits refused."""
+        self.stats.rejected_per_source[why] += 1
+        held = self._refusal_log.ready(trio.current_time())
+        if held is not None:
+            what = "handshake rate" if why == "rate" else "concurrent connections"
+            logger.warning(
+                "refused a connection from %s: over its per-source %s limit"
+                " (%d more refusals not logged)",
+                format_address(address),
+                what,
+                held,
+            )
+
+    async def _read_proxy_header(
+        self, transport: trio.SocketStream, address: Address
+    ) -> tuple[Address, bytes] | None:
+        """The client's address from the PROXY header, and the bytes that followed it.
+
+        *address* is the socket's peer (the load balancer); it stays the
+        address when the header names none (LOCAL, UNKNOWN, UNSPEC). Returns
+        None if the connection was refused: the peer is not trusted to send a
+        header, or the header is bad, late (the handshake timeout bounds it)
+        or cut short. The connection is then closed, counted and logged here.
+        """
         started = trio.current_time()
-        info: PeerInfo | None = None
-        reason, error = "cancelled", None
+        if not self.settings.proxy_trusts(address[0]):
+            why = "not in proxy_trusted"
+            await self._refuse_proxy(transport, address, started, "untrusted", why)
+            return None
+        parser = ProxyHeaderParser()
         try:
-            with scope:
-                info, reason, error = await self._handshake(stream, address)
-                if info is not None:
-                    reason = "cancelled"  # unless the handler returns
-                    reason = await self._run_handler(stream, info)
-            if scope.cancelled_caught:  # a drain cut a connection still in its handshake
-                reason = "drained"
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = "broken"
-            logger.info("connection from %s ended: %s", format_address(address), exc)
-        except Exception:
-            reason = "error"
-            self.stats.handler_errors += 1
-            logger.exception("handler failed for %s", format_address(address))
-        finally:
-            del self._connections[stream]
-            # aclose closes the socket even when this deadline cancels it.
-            # A hard stop makes aclose raise Cancelled: account and log anyway.
-            try:
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await stream.aclose()
-            finally:
-                self.stats.bytes_in += stream.bytes_received
-                self.stats.bytes_out += stream.bytes_sent
-                self.stats.closed_by_reason[reason] += 1
-                log_close(
-                    address=address,
-                    transport="tls",
-                    info=info,
-                    bytes_in=stream.bytes_received,
-                    bytes_out=stream.bytes_sent,
-                    duration=trio.current_time() - started,
-                    reason=reason,
-                    handshake_error=error,
-                )
+            with trio.fail_after(self.settings.handshake_timeout):
+                while True:
+                    data = await transport.receive_some(MAX_HEADER_LENGTH)
+                    if not data:
+                        why = "the connection closed before the PROXY header ended"
+                        await self._refuse_proxy(transport, address, started, "closed", why)
+                        return None
+                    if (result := parser.feed(data)) is not None:
+                        break
+        except trio.TooSlowError:
+            why = f"no complete PROXY header within {self.settings.handshake_timeout:g}s"
+            await self._refuse_proxy(transport, address, started, "timeout", why)
+            return None
+        except ProxyHeaderError as exc:
+            await self._refuse_proxy(transport, address, started, "invalid", str(exc))
+            return None
+        except trio.BrokenResourceError as exc:
+            await self._refuse_proxy(transport, address, started, "closed", str(exc))
+            return None
+        except BaseException:  # cancelled: the stream that would close it does not exist yet
+            await trio.aclose_forcefully(transport)
+            raise
+        header, leftover = result
+        self.stats.proxy_accepted += 1
+        source = header.source if header.source is not None else address
+        logger.debug(
+            "PROXY v%d %s header from %s: client %s",
+            header.version,
+            header.command,
+            format_address(address),
+            format_address(source),
+        )
+        return source, leftover
+
+    async def _refuse_proxy(
+        self, transport: trio.SocketStream, address: Address, started: float, why: str, detail: str
+    ) -> None:
+        """Close a connection refused before TLS; count it and log it."""
+        await trio.aclose_forcefully(transport)
+        reason = "proxy_untrusted" if why == "untrusted" else "proxy_header"
+        self.stats.proxy_rejected[why] += 1
+        self.stats.closed_by_reason[reason] += 1
+        logger.info("refused connection from %s: %s", format_address(address), detail)
+        log_close(
+            address=address,
+            transport="tls",
+            info=None,
+            bytes_in=0,
+            bytes_out=0,
+            duration=trio.current_time() - started,
+            reason=reason,
+        )
 
     async def _handshake(
         self, stream: TLSStream, address: Address
@@ -241,23 +379,17 @@ class TLSServer:
         logger.info("TLS handshake ok: %s time=%.1fms", info.describe(), elapsed * 1000)
         return info, "handshake_done", None
 
-    async def _run_handler(self, stream: TLSStream, info: PeerInfo) -> str:
-        """Run the handler under the idle timeout; why the connection ended."""
-        timeout = self.settings.idle_timeout
-        with trio.CancelScope(deadline=math.inf) as scope:
-            if timeout is not None:
-                idle = IdleDeadline(scope, timeout)
-                stream.on_activity = idle.touch
-            await self.handler(stream, info)
-        if scope.cancelled_caught:
-            self.stats.idle_timeouts += 1
-            logger.info(
-                "closing %s: idle for %gs", format_address(info.address), self.settings.idle_timeout
-            )
-            return "idle_timeout"
+    def _why_handler_returned(self, stream: TLSStream) -> str:
         if self._draining:
             return "drained"
         return "peer_closed" if stream.peer_closed else "handler_done"
+
+    def _idle_timed_out(self, info: PeerInfo) -> str:
+        self.stats.idle_timeouts += 1
+        logger.info(
+            "closing %s: idle for %gs", format_address(info.address), self.settings.idle_timeout
+        )
+        return "idle_timeout"
 
 
 async def _say_goodbye(stream: TLSStream, scope: trio.CancelScope) -> None:

@@ -65,6 +65,8 @@ class TLSStream(trio.abc.Stream):
     :func:`~trio_tls_dtls.open_tls_stream`; build one directly only to run
     TLS over an unusual transport. The handshake happens on the first
     ``send_all``/``receive_some`` or an explicit :meth:`do_handshake`.
+    *initial_data* is ciphertext already read from *transport_stream* (for
+    example what followed a PROXY protocol header); it is processed first.
 
     ``aclose`` sends close_notify (if it can without waiting for another
     task) and closes the transport; it does not wait for the peer's reply.
@@ -81,6 +83,7 @@ class TLSStream(trio.abc.Stream):
         peer_address: Address | None = None,
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         on_activity: Callable[[], None] | None = None,
+        initial_data: bytes | bytearray | memoryview = b"",
     ) -> None:
         self.transport_stream = transport_stream
         self.peer_address = peer_address
@@ -91,6 +94,10 @@ class TLSStream(trio.abc.Stream):
             transport_stream.socket if isinstance(transport_stream, trio.SocketStream) else None
         )
         self._engine = engine
+        # Ciphertext already read from the transport by someone else (the
+        # server, after a PROXY header): the engine takes it before anything
+        # the socket holds, and the direct-read fast path stays as it is.
+        engine.receive_bytes(initial_data)
         self._offload = offload if offload is not None else CryptoOffload()
         self._receive_size = receive_size
         self.on_activity = on_activity
@@ -99,7 +106,7 @@ class TLSStream(trio.abc.Stream):
         self._send_broken = False
         self._handshake_done = False
         self._info: PeerInfo | None = None
-        self._handshake_lock = trio.Lock()
+        self._handshake_lock: trio.Lock | None = trio.Lock()
         self._engine_lock = trio.Lock()
         self._send_lock = trio.StrictFIFOLock()
         self._send_conflict = ConflictDetector("another task is already sending on this TLSStream")
@@ -204,24 +211,34 @@ class TLSStream(trio.abc.Stream):
             raise
         self._activity()
 
-    def _read_now(self, size: int) -> bytes | None:
-        """What the socket holds right now (b"" at EOF), or None to wait through trio."""
-        sock = self._direct_socket
-        if sock is None or (fd := sock.fileno()) < 0:
-            return None
-        try:
-            return os.read(fd, size)
-        except OSError:  # would block, or failed: trio's receive waits or reports it
-            return None
-
     async def _receive_into_engine(self, max_bytes: int | None = None) -> tuple[int, bool]:
-        """Read one chunk of ciphertext into the engine: its size, and whether we yielded."""
+        """Read one chunk of ciphertext into the engine: its size, and whether we yielded.
+
+        Over a plain socket this reads the descriptor, and waits for it to
+        become readable, itself: waiting inside ``SocketStream.receive_some``
+        would park five more frames and context managers per idle connection
+        (per-connection memory). trio's receive is used without a plain
+        socket, and after a failed read so that trio reports the failure.
+        """
         size = max_bytes or self._receive_size
-        now = self._read_now(size)
-        waited = now is None
-        if now is not None:
-            data: bytes | bytearray = now
-        else:
+        data: bytes | bytearray | None = None
+        waited = False
+        sock = self._direct_socket
+        while sock is not None and (fd := sock.fileno()) >= 0:
+            try:
+                data = os.read(fd, size)
+                break
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            waited = True
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                raise trio.ClosedResourceError("this TLSStream was closed") from None
+        if data is None:
+            waited = True
             try:
                 data = await self.transport_stream.receive_some(size)
             except trio.ClosedResourceError:
@@ -250,11 +267,18 @@ class TLSStream(trio.abc.Stream):
         if self._handshake_done:
             await trio.lowlevel.checkpoint()
             return
-        async with self._handshake_lock:
+        lock = self._handshake_lock
+        if lock is None:  # done, and the lock already dropped
+            await trio.lowlevel.checkpoint()
+            return
+        async with lock:
             # Another task may have finished (or failed) it while we waited.
             self._check_usable()
             if not self._handshake_done:
                 await self._handshake_or_raise()
+                # Later callers see _handshake_done first; the lock's parking
+                # lot is per-connection memory an idle connection need not keep.
+                self._handshake_lock = None
 
     async def _handshake_or_raise(self) -> None:
         try:

@@ -1,0 +1,292 @@
+"""Per-source limits: the sans-IO bucket, the settings, and real floods on loopback.
+
+Linux routes all of 127.0.0.0/8 to loopback, so a client bound to 127.0.0.2
+(the flooder) and one bound to 127.0.0.3 (the victim) are two sources to a
+server on 127.0.0.1. The servers here exempt nothing (the default exempts
+loopback).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.conftest import PKIFiles
+from tests.helpers import port_of, receive_exactly, running_dtls_server, running_tls_server
+from trio_tls_dtls import ConfigError, HandshakeError, open_dtls_channel, open_tls_stream
+from trio_tls_dtls.config_file import load_config_file
+from trio_tls_dtls.limits import LogThrottle, SourceLimits, source_key
+
+FLOODER, VICTIM = "127.0.0.2", "127.0.0.3"
+
+# -- the sans-IO bucket --------------------------------------------------------------
+
+
+def test_burst_then_refill_at_rate() -> None:
+    limits = SourceLimits(rate=2.0, burst=3, max_connections=0)
+    assert [limits.admit("192.0.2.1", 0.0) for _ in range(3)] == [None, None, None]
+    assert limits.admit("192.0.2.1", 0.0) == "rate"
+    assert limits.admit("192.0.2.1", 0.4) == "rate"  # 0.8 of a token so far
+    assert limits.admit("192.0.2.1", 0.5) is None  # one token after 0.5 s at 2/s
+    assert limits.admit("192.0.2.1", 0.5) == "rate"
+    # Saving up stops at the burst.
+    assert [limits.admit("192.0.2.1", 100.0) for _ in range(4)] == [None, None, None, "rate"]
+
+
+def test_sources_have_separate_buckets() -> None:
+    limits = SourceLimits(rate=1.0, burst=1, max_connections=0)
+    assert limits.admit("192.0.2.1", 0.0) is None
+    assert limits.admit("192.0.2.1", 0.0) == "rate"
+    assert limits.admit("192.0.2.2", 0.0) is None
+
+
+def test_connection_cap_and_release() -> None:
+    limits = SourceLimits(rate=0, burst=1, max_connections=2)
+    assert limits.admit("192.0.2.1", 0.0) is None
+    assert limits.admit("192.0.2.1", 0.0) is None
+    assert limits.admit("192.0.2.1", 0.0) == "connections"
+    assert limits.admit("192.0.2.9", 0.0) is None
+    assert limits.active("192.0.2.1") == 2
+    limits.release("192.0.2.1")
+    assert limits.admit("192.0.2.1", 0.0) is None
+    for _ in range(3):
+        limits.release("192.0.2.1")
+    assert limits.active("192.0.2.1") == 0  # never negative, and forgotten
+
+
+def test_refused_by_the_cap_spends_no_token() -> None:
+    limits = SourceLimits(rate=1.0, burst=2, max_connections=1)
+    assert limits.admit("192.0.2.1", 0.0) is None
+    assert limits.admit("192.0.2.1", 0.0) == "connections"
+    limits.release("192.0.2.1")
+    assert limits.admit("192.0.2.1", 0.0) is None  # the second token was still there
+
+
+def test_ipv6_counts_by_64_and_mapped_ipv4_as_ipv4() -> None:
+    assert source_key("2001:db8:1:2:aaaa::1") == source_key("2001:db8:1:2:ffff::9")
+    assert source_key("2001:db8:1:2::1") != source_key("2001:db8:1:3::1")
+    assert source_key("::ffff:192.0.2.7") == "192.0.2.7"
+    limits = SourceLimits(rate=1.0, burst=1, max_connections=0)
+    assert limits.admit("2001:db8:1:2::1", 0.0) is None
+    assert limits.admit("2001:db8:1:2::2", 0.0) == "rate"
+
+
+def test_exempt_networks_are_not_limited() -> None:
+    limits = SourceLimits(rate=1.0, burst=1, max_connections=1, exempt=["10.0.0.0/8", "::1"])
+    for _ in range(5):
+        assert limits.admit("10.1.2.3", 0.0) is None
+        assert limits.admit("::1", 0.0) is None
+        assert limits.admit("::ffff:10.9.9.9", 0.0) is None
+    assert limits.active("10.1.2.3") == 0
+    assert limits.admit("192.0.2.1", 0.0) is None
+    assert limits.admit("192.0.2.1", 0.0) == "connections"
+
+
+def test_bucket_table_is_bounded() -> None:
+    limits = SourceLimits(rate=1.0, burst=1, max_connections=0, max_tracked=100)
+    for i in range(1000):
+        limits.admit(f"10.0.{i // 256}.{i % 256}", 0.0)
+    assert limits.tracked() == 100
+
+
+def test_off_means_none() -> None:
+    assert SourceLimits.unless_off(rate=0, burst=1, max_connections=0) is None
+    assert SourceLimits.unless_off(rate=1, burst=1, max_connections=0) is not None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rate": -1, "burst": 1, "max_connections": 0}, "rate"),
+        ({"rate": 1, "burst": 0, "max_connections": 0}, "burst"),
+        ({"rate": 1, "burst": 1, "max_connections": -1}, "max_connections"),
+        ({"rate": 1, "burst": 1, "max_connections": 0, "exempt": ["10.0.0.0/33"]}, "10.0.0.0/33"),
+    ],
+)
+def test_bad_limits_say_which(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SourceLimits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_log_throttle_counts_what_it_held_back() -> None:
+    throttle = LogThrottle(1.0)
+    assert throttle.ready(0.0) == 0
+    assert throttle.ready(0.1) is None
+    assert throttle.ready(0.5) is None
+    assert throttle.ready(1.0) == 2
+    assert throttle.ready(1.2) is None
+
+
+# -- settings, config file -------------------------------------------------------------
+
+
+def test_settings_defaults_exempt_loopback(pki: PKIFiles) -> None:
+    settings = pki.server_settings()
+    assert settings.per_source_rate == 50.0
+    assert settings.per_source_burst == 100
+    assert settings.per_source_connections == 256
+    assert settings.per_source_exempt == ("127.0.0.0/8", "::1/128")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"per_source_rate": -1}, "per_source_rate"),
+        ({"per_source_rate": float("inf")}, "per_source_rate"),
+        ({"per_source_burst": 0}, "per_source_burst"),
+        ({"per_source_connections": -1}, "per_source_connections"),
+        ({"per_source_exempt": ("10.0.0.0/8", "nonsense")}, "nonsense"),
+        ({"per_source_exempt": "10.0.0.0/8"}, "per_source_exempt"),
+    ],
+)
+def test_bad_settings_name_the_field(
+    pki: PKIFiles, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        pki.server_settings(**options)
+
+
+def test_config_file_keys(tmp_path: Path) -> None:
+    path = tmp_path / "tlsd.toml"
+    path.write_text(
+        "per_source_rate = 5\nper_source_burst = 10\n"
+        'per_source_connections = 0\nper_source_exempt = ["10.0.0.0/8"]\n'
+    )
+    options = load_config_file(path)
+    assert options["per_source_rate"] == 5.0
+    assert options["per_source_burst"] == 10
+    assert options["per_source_connections"] == 0
+    assert options["per_source_exempt"] == ["10.0.0.0/8"]
+    path.write_text('per_source_exempt = ["10.0.0.0/8", "bogus"]\n')
+    with pytest.raises(ConfigError, match=r"per_source_exempt.*bogus"):
+        load_config_file(path)
+
+
+# -- TLS on loopback --------------------------------------------------------------------
+
+
+async def test_tls_flooder_is_throttled_while_another_source_is_served(
+    pki: PKIFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trio_tls_dtls")
+    # A slow refill: the flooder's burst is all it gets during the test.
+    settings = pki.server_settings(per_source_rate=0.01, per_source_burst=3, per_source_exempt=())
+    client = pki.client_settings(handshake_timeout=5.0)
+    async with running_tls_server(settings) as server:
+        port = port_of(server)
+        accepted = refused = 0
+        for _ in range(10):
+            try:
+                stream = await open_tls_stream(
+                    "127.0.0.1", port, settings=client, local_address=FLOODER
+                )
+            except (HandshakeError, OSError):
+                refused += 1
+            else:
+                accepted += 1
+                await stream.aclose()
+        assert (accepted, refused) == (3, 7)
+        # Meanwhile another source is served as usual.
+        stream = await open_tls_stream("127.0.0.1", port, settings=client, local_address=VICTIM)
+        await stream.send_all(b"still here")
+        assert await receive_exactly(stream, 10) == b"still here"
+        assert stream.info.address[0] == "127.0.0.1"
+        await stream.aclose()
+    assert server.stats.rejected_per_source["rate"] == 7
+    assert server.stats.handshakes_ok == 4
+    warnings = [r.getMessage() for r in caplog.records if "per-source" in r.getMessage()]
+    assert warnings and "127.0.0.2" in warnings[0]
+    assert len(warnings) < 7  # one line a second at most, not one per refusal
+
+
+async def test_tls_connection_cap_per_source(pki: PKIFiles) -> None:
+    settings = pki.server_settings(
+        per_source_rate=0, per_source_connections=2, per_source_exempt=()
+    )
+    client = pki.client_settings(handshake_timeout=5.0)
+    async with running_tls_server(settings) as server:
+        port = port_of(server)
+        held = [
+            await open_tls_stream("127.0.0.1", port, settings=client, local_address=FLOODER)
+            for _ in range(2)
+        ]
+        with pytest.raises((HandshakeError, OSError)):
+            await open_tls_stream("127.0.0.1", port, settings=client, local_address=FLOODER)
+        other = await open_tls_stream("127.0.0.1", port, settings=client, local_address=VICTIM)
+        await other.aclose()
+        assert server.stats.rejected_per_source["connections"] == 1
+        # When one of the flooder's connections ends, it may open another.
+        await held.pop().aclose()
+        with trio.fail_after(10):
+            while server.source_limits is not None and server.source_limits.active(FLOODER) > 1:
+                await trio.sleep(0.01)
+        again = await open_tls_stream("127.0.0.1", port, settings=client, local_address=FLOODER)
+        await again.aclose()
+        for stream in held:
+            await stream.aclose()
+
+
+async def test_tls_loopback_is_exempt_by_default(pki: PKIFiles) -> None:
+    settings = pki.server_settings(per_source_rate=0.01, per_source_burst=1)
+    client = pki.client_settings(handshake_timeout=5.0)
+    async with running_tls_server(settings) as server:
+        for _ in range(3):
+            stream = await open_tls_stream("127.0.0.1", port_of(server), settings=client)
+            await stream.aclose()
+    assert server.stats.handshakes_ok == 3
+    assert not server.stats.rejected_per_source
+
+
+# -- DTLS on loopback ------------------------------------------------------------------
+
+
+async def test_dtls_flooder_is_throttled_after_its_cookie(pki: PKIFiles) -> None:
+    settings = pki.server_settings(per_source_rate=0.01, per_source_burst=2, per_source_exempt=())
+    client = pki.client_settings(handshake_timeout=2.0)
+    async with running_dtls_server(settings) as server:
+        port = port_of(server)
+        outcomes = []
+        for _ in range(3):
+            try:
+                channel = await open_dtls_channel(
+                    "127.0.0.1", port, settings=client, local_address=FLOODER
+                )
+            except HandshakeError as exc:
+                outcomes.append(exc.reason)
+            else:
+                outcomes.append("ok")
+                await channel.aclose()
+        assert outcomes == ["ok", "ok", "timeout"]
+        # The refused ClientHellos carried valid cookies: the gate passed
+        # them, the per-source limit dropped them.
+        assert server.stats.dropped["per_source_rate"] >= 1
+        channel = await open_dtls_channel("127.0.0.1", port, settings=client, local_address=VICTIM)
+        await channel.send(b"served")
+        with trio.fail_after(5):
+            assert await channel.receive() == b"served"
+        await channel.aclose()
+    assert server.stats.handshakes_ok == 3
+
+
+async def test_dtls_peer_cap_per_source(pki: PKIFiles) -> None:
+    settings = pki.server_settings(
+        per_source_rate=0, per_source_connections=1, per_source_exempt=()
+    )
+    client = pki.client_settings(handshake_timeout=2.0)
+    async with running_dtls_server(settings) as server:
+        port = port_of(server)
+        first = await open_dtls_channel("127.0.0.1", port, settings=client, local_address=FLOODER)
+        with pytest.raises(HandshakeError):
+            await open_dtls_channel("127.0.0.1", port, settings=client, local_address=FLOODER)
+        assert server.stats.dropped["per_source_connections"] >= 1
+        other = await open_dtls_channel("127.0.0.1", port, settings=client, local_address=VICTIM)
+        await other.aclose()
+        await first.aclose()
+        with trio.fail_after(10):
+            while server.source_limits is not None and server.source_limits.active(FLOODER):
+                await trio.sleep(0.01)
+        again = await open_dtls_channel("127.0.0.1", port, settings=client, local_address=FLOODER)
+        await again.aclose()
