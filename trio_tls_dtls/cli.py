@@ -40,6 +40,7 @@ from .info import format_address
 from .limits import parse_networks
 from .logformat import TEXT_FORMAT, make_formatter, status_line
 from .metrics import serve_metrics
+from .privileges import Identity, drop_privileges, lookup_identity, resolve_identity
 from .service import Service
 from .targets import parse_target
 from .tls.server import TLSHandler
@@ -242,6 +243,12 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--cert", type=Path, help="certificate chain file (PEM)")
     p.add_argument("--key", type=Path, help="private key file (PEM)")
     p.add_argument("--key-password-file", type=Path, help="file holding the key's passphrase")
+    p.add_argument(
+        "--ocsp-staple",
+        type=Path,
+        metavar="FILE",
+        help="DER OCSP response to staple (re-read on SIGHUP; see docs/howto/ocsp)",
+    )
     p.add_argument("--ca", type=Path, help="CA file that signs client certificates")
     p.add_argument(
         "--verify-client",
@@ -315,6 +322,16 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="serve Prometheus metrics at http://HOST:P/metrics (default: off)",
     )
     p.add_argument("--metrics-host", help="address for --metrics-port (default: 127.0.0.1)")
+    p.add_argument(
+        "--user",
+        metavar="NAME",
+        help="after binding, drop root and run as this user (needs root; see docs/howto/deploy)",
+    )
+    p.add_argument(
+        "--group",
+        metavar="NAME",
+        help="with --user: run as this group (default: the user's primary group)",
+    )
     p.add_argument(
         "--workers",
         type=_workers,
@@ -434,7 +451,12 @@ def _settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serv
     else:
         cert, key = options["cert"], options["key"]
     settings = ServerSettings(
-        certificate=CertificateSettings(cert, key, _read_password(options["key_password_file"])),
+        certificate=CertificateSettings(
+            cert,
+            key,
+            _read_password(options["key_password_file"]),
+            ocsp_staple_file=options["ocsp_staple"],
+        ),
         ca_file=ca,
         verify_client=VerifyClient(options["verify_client"]),
         min_version=options["min_version"],
@@ -461,6 +483,8 @@ def _settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serv
 def _run_check_config(args: argparse.Namespace) -> int:
     options = dict(DEFAULTS)
     options.update(load_config_file(args.file))
+    if options["user"] is not None:  # the names only: check-config need not run as root
+        lookup_identity(options["user"], options["group"])
     settings, dev = _settings_from(options, make_dev_pki=False)
     if dev and not (DEFAULT_CERT_DIR / "server.pem").exists():
         print("# no cert/key: `serve` would create a development PKI in ./certs")
@@ -493,11 +517,27 @@ def connect_hint(port: int, settings: ServerSettings, dev: bool, *, dtls: bool =
     return " ".join(parts)
 
 
+def _identity(options: dict[str, Any]) -> Identity | None:
+    """Who to become after binding (--user/--group), resolved before anything is bound."""
+    if options["user"] is None:
+        if options["group"] is not None:
+            raise ConfigError("--group needs --user")
+        return None
+    return resolve_identity(options["user"], options["group"])
+
+
 async def _serve(
     options: dict[str, Any], service: Service, dev: bool, worker: int | None = None
 ) -> int:
-    # Bind before starting any task, so a port in use is a plain ListenError.
-    await service.bind(options["port"], options["host"], reuse_port=worker is not None)
+    # Bind before starting any task, so a port in use is a plain ListenError;
+    # drop root (--user) right after, before any peer is accepted.
+    identity: Identity | None = options.get("identity")
+    await service.bind(
+        options["port"],
+        options["host"],
+        reuse_port=worker is not None,
+        after_bind=None if identity is None else partial(drop_privileges, identity),
+    )
     who = "trio-tlsd" if worker is None else f"trio-tlsd: worker {worker} (pid {os.getpid()})"
     forced = False
     left = [0]  # connections and peers still open when we stopped them
@@ -569,6 +609,7 @@ async def _drain_then_stop(service: Service, scope: trio.CancelScope, left: list
 def _run_serve(args: argparse.Namespace) -> int:
     options = _serve_options(args)
     _use_log_format(options["log_format"])
+    options["identity"] = _identity(options)  # an unknown user fails before binding
     settings, dev = _settings_from(options, make_dev_pki=True)
     protocols = options["protocols"]
     tls, dtls = "tls" in protocols, "dtls" in protocols

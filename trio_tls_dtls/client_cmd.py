@@ -54,6 +54,11 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("target", type=parse_target, metavar="HOST:PORT", help="e.g. [::1]:4433")
     add_client_tls_flags(p)
     p.add_argument(
+        "--ocsp",
+        action="store_true",
+        help="ask for the server's stapled OCSP response and fail unless it is valid and good",
+    )
+    p.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="handshake deadline (default: 10)"
     )
     p.add_argument(
@@ -74,6 +79,8 @@ def describe_peer(info: PeerInfo, out: TextIO) -> None:
     if info.alpn:
         print(f"alpn:     {info.alpn}", file=out)
     print(f"resumed:  {'yes' if info.resumed else 'no'}", file=out)
+    if info.ocsp is not None:
+        print(f"ocsp:     {info.ocsp.describe()}", file=out)
     chain = info.chain or ((info.certificate,) if info.certificate is not None else ())
     if not chain:
         print("server certificate: none", file=out)
@@ -86,7 +93,7 @@ def describe_peer(info: PeerInfo, out: TextIO) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.linger < 0:
         raise TargetError("--timeout must be positive and --linger not negative")
-    settings = client_settings(args, handshake_timeout=args.timeout)
+    settings = client_settings(args, handshake_timeout=args.timeout, require_ocsp=args.ocsp)
     if args.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
     return trio.run(_session, args, settings)

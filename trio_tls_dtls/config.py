@@ -176,17 +176,22 @@ class CertificateSettings:
 
     ``server_names`` is only used for SNI: the names (``example.com`` or
     ``*.example.com``) for which this certificate is chosen.
+    ``ocsp_staple_file`` is a DER OCSP response for this certificate, stapled
+    to handshakes whose client asks for it; it is read (like the certificate)
+    whenever the contexts are built, so a reload picks up a refreshed file.
     """
 
     cert_file: Path
     key_file: Path
     key_password: bytes | None = field(default=None, repr=False)
     server_names: tuple[str, ...] = ()
+    ocsp_staple_file: Path | None = None
 
     def __post_init__(self) -> None:
         _set(self, "cert_file", _path(self.cert_file, "cert_file"))
         _set(self, "key_file", _path(self.key_file, "key_file"))
         _set(self, "key_password", _password(self.key_password, "key_password"))
+        _set(self, "ocsp_staple_file", _optional_path(self.ocsp_staple_file, "ocsp_staple_file"))
         names = tuple(n.lower().rstrip(".") for n in self.server_names)
         _set(self, "server_names", names)
 
@@ -344,6 +349,10 @@ class ClientSettings:
 
     With ``ca_file`` unset the system's trust store is used. ``verify=False``
     turns off certificate *and* hostname checks: only for testing.
+    ``request_ocsp`` asks the server for a stapled OCSP response and checks
+    it (the verdict is ``PeerInfo.ocsp``);
+    ``require_ocsp`` also fails the handshake unless the staple is present,
+    valid and GOOD.
     """
 
     ca_file: Path | None = None
@@ -356,6 +365,8 @@ class ClientSettings:
     alpn: tuple[str, ...] = ()
     keylog_file: Path | None = None
     handshake_timeout: float = 10.0
+    request_ocsp: bool = False
+    require_ocsp: bool = False
     offload: OffloadSettings = field(default_factory=OffloadSettings)
     mtu: int = DEFAULT_DTLS_MTU
     """DTLS only: the largest datagram we send, in bytes of ciphertext."""
@@ -373,4 +384,6 @@ class ClientSettings:
         _set(self, "alpn", _alpn(self.alpn, "client"))
         _set(self, "keylog_file", _optional_path(self.keylog_file, "keylog_file"))
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
+        if self.require_ocsp:
+            _set(self, "request_ocsp", True)
         _mtu(self.mtu)

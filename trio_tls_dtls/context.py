@@ -25,6 +25,7 @@ from .config import (
     VerifyClient,
 )
 from .errors import ConfigError
+from .ocsp import OCSPChecker, Stapler, load_staple
 from .pemfiles import LoadedCertificate, load_ca_file, load_certificate
 
 __all__ = [
@@ -134,7 +135,12 @@ def _server_context_for(
     ctx = _new_context(dtls, settings.min_version, settings.max_version)
     ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
     _set_ciphers(ctx, settings.ciphers)
-    _use_certificate(ctx, load_certificate(cert.cert_file, cert.key_file, cert.key_password))
+    loaded = load_certificate(cert.cert_file, cert.key_file, cert.key_password)
+    _use_certificate(ctx, loaded)
+    if cert.ocsp_staple_file is not None:
+        # Read now, with the certificate: a reload rebuilds the context and
+        # so picks up a refreshed staple file.
+        ctx.set_ocsp_server_callback(Stapler(load_staple(cert.ocsp_staple_file, loaded.leaf)))
     ctx.set_session_id(_SESSION_ID_CONTEXT)
     if not settings.session_tickets:
         ctx.set_options(SSL.OP_NO_TICKET)
@@ -237,6 +243,10 @@ def build_client_context(settings: ClientSettings, *, dtls: bool = False) -> SSL
         ctx.set_alpn_protos([p.encode() for p in settings.alpn])
     if settings.keylog_file is not None:
         ctx.set_keylog_callback(KeyLog(settings.keylog_file))
+    if settings.request_ocsp:
+        # The request itself is per connection (see tls/client.py); the check
+        # is this context-wide callback, which records a verdict per connection.
+        ctx.set_ocsp_client_callback(OCSPChecker(require=settings.require_ocsp))
     return ctx
 
 

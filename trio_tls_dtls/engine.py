@@ -24,7 +24,7 @@ import ipaddress
 
 from OpenSSL import SSL
 
-from . import _ossl
+from . import _ossl, ocsp
 from .errors import DatagramTooLargeError, HandshakeError, TLSError
 from .info import Address, PeerInfo
 
@@ -177,6 +177,9 @@ class TLSEngine:
     def _reason(self, exc: SSL.Error) -> str:
         if isinstance(exc, SSL.SysCallError):
             return "peer closed the connection during the handshake"
+        verdict = ocsp.status_of(self._conn)
+        if verdict is not None and verdict.refused:
+            return f"OCSP staple refused: {verdict.state.value}: {verdict.detail}"
         reason = openssl_reason(exc)
         detail = _ossl.verify_error(self._conn)
         if detail and "certificate verify failed" in reason:
@@ -286,6 +289,7 @@ class TLSEngine:
             server_name=name.decode("ascii", "replace") if name else None,
             certificate=conn.get_peer_certificate(as_cryptography=True),
             chain=tuple(chain),
+            ocsp=ocsp.status_of(conn),
         )
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from .ocsp import OCSPStatus
+
 __all__ = ["Address", "PeerInfo", "format_address"]
 
 Address = tuple[str, int]
@@ -27,6 +29,8 @@ class PeerInfo:
     with mutual TLS, the server's on a client. ``chain`` is the chain as the
     peer sent it (the client sees the server's; OpenSSL does not keep the
     client's chain on the server side beyond the leaf).
+    ``ocsp`` is a client's verdict on the server's stapled OCSP response,
+    when it asked for one (``ClientSettings.request_ocsp``); None otherwise.
     """
 
     address: Address | None
@@ -38,6 +42,7 @@ class PeerInfo:
     server_name: str | None = None
     certificate: x509.Certificate | None = None
     chain: tuple[x509.Certificate, ...] = ()
+    ocsp: OCSPStatus | None = None
 
     @property
     def subject(self) -> str | None:

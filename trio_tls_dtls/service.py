@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import trio
@@ -93,15 +93,35 @@ class Service:
             parts.append("DTLS on udp " + ", ".join(map(format_address, self.dtls_addresses)))
         return "; ".join(parts)
 
-    async def bind(self, port: int, host: str | None, *, reuse_port: bool = False) -> None:
+    async def bind(
+        self,
+        port: int,
+        host: str | None,
+        *,
+        reuse_port: bool = False,
+        after_bind: Callable[[], object] | None = None,
+    ) -> None:
         """Open every socket; raises ListenError naming the port and protocol.
 
         *reuse_port* sets SO_REUSEPORT on every socket, for workers sharing a port.
+        *after_bind* is called once every socket is open and before anything
+        is accepted or read: the place to drop root privileges (see
+        :func:`trio_tls_dtls.privileges.drop_privileges`). If it raises, the
+        sockets are closed and the exception propagates.
         """
         self._reuse_port = reuse_port
         await self._bind(port, host)
         self.tls_addresses = [normalize_address(x.socket.getsockname()) for x in self._listeners]
         self.dtls_addresses = [normalize_address(s.getsockname()) for s in self._sockets]
+        if after_bind is not None:
+            try:
+                after_bind()
+            except BaseException:
+                await _close_all(self._listeners)
+                for sock in self._sockets:
+                    sock.close()
+                self._listeners, self._sockets = [], []
+                raise
 
     async def _bind(self, port: int, host: str | None) -> None:
         if self.tls is None:

@@ -67,6 +67,8 @@ async def open_dtls_channel(
             check_hostname=settings.verify and settings.check_hostname,
             session=session,
         )
+        if settings.request_ocsp:
+            engine.connection.request_ocsp()
         channel = DTLSChannel(
             SocketLink(sock),
             engine,

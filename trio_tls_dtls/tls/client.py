@@ -51,6 +51,8 @@ async def open_tls_stream(
         check_hostname=settings.verify and settings.check_hostname,
         session=session,
     )
+    if settings.request_ocsp:
+        engine.connection.request_ocsp()
     transport = await trio.open_tcp_stream(host, port, local_address=local_address)
     try:
         address = normalize_address(transport.socket.getpeername())
