@@ -153,8 +153,24 @@ def mutated(
     The draws do not depend on *base*, whose length varies between runs of a
     real handshake (random values, DER signatures): Hypothesis replays them.
     """
+    plan = draw(MUTATION_PLAN)
+    return mutate(base, plan, dtls=dtls, splice_with=splice_with, must_differ=must_differ)
+
+
+MUTATION_PLAN = st.lists(MUTATION, min_size=1, max_size=4)
+
+
+def mutate(
+    base: bytes,
+    plan: list[Mutation],
+    *,
+    dtls: bool = False,
+    splice_with: tuple[bytes, ...] = (),
+    must_differ: bool = False,
+) -> bytes:
+    """*base* after the mutations in *plan* (see :func:`mutated`)."""
     data = bytearray(base)
-    for mutation in draw(st.lists(MUTATION, min_size=1, max_size=4)):
+    for mutation in plan:
         data = apply_mutation(data, mutation, dtls=dtls, splice_with=splice_with)
     result = bytes(data)
     if must_differ and result == base:
