@@ -99,3 +99,29 @@ def scale(session: nox.Session) -> None:
     """10,000 idle TLS connections + 10,000 DTLS peers, then closed (pytest -m slow)."""
     session.install(".[test]")
     session.run("pytest", "-m", "slow", "-s", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Deep fuzzing of the sans-IO core; not in the default sessions (~5-10 minutes).
+
+    Runs tests/fuzz and the parser and cookie fuzz tests of tests/core with
+    the "deep" Hypothesis profile (8,000 examples per test; see
+    tests/conftest.py). Extra arguments go to pytest, e.g.
+    ``nox -s fuzz -- -k dtls``. Hypothesis only: no atheris harness yet.
+    """
+    session.install(".[test]")
+    session.run("python", "-c", REPORT_VERSIONS)
+    session.run(
+        "pytest",
+        "tests/fuzz",
+        "tests/core/test_dtls_records.py",
+        "tests/core/test_dtls_cookie.py",
+        "-k",
+        "fuzz",
+        "-p",
+        "no:cacheprovider",
+        "--hypothesis-show-statistics",
+        *session.posargs,
+        env={"HYPOTHESIS_PROFILE": "deep"},
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,27 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from trio_tls_dtls.certs import DevPKI, Issued, make_dev_pki, write_dev_pki
 from trio_tls_dtls.config import CertificateSettings, ClientSettings, ServerSettings
 
 ASYNC_TEST_TIMEOUT = 60.0
+
+# Hypothesis profiles. "ci" (the default) keeps the fuzz tests in tests/fuzz
+# to a few seconds; "deep" (HYPOTHESIS_PROFILE=deep, as `nox -s fuzz` sets)
+# runs 8,000 examples per test, about 7 minutes in all. Tests that pin
+# max_examples keep their own.
+hypothesis_settings.register_profile("ci", max_examples=150, deadline=None, print_blob=True)
+hypothesis_settings.register_profile(
+    "deep",
+    max_examples=8_000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.hookimpl(tryfirst=True)

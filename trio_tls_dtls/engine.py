@@ -395,6 +395,9 @@ class DTLSEngine(TLSEngine):
         conn = SSL.Connection(context, None)
         conn.set_accept_state()
         engine = cls(conn, server_side=True, mtu=mtu)
+        if not client_hello:
+            # A memory BIO refuses a zero-length write with a bare SSL.Error.
+            raise HandshakeError("an empty datagram is not a ClientHello", reason="empty datagram")
         conn.bio_write(client_hello)
         try:
             conn.DTLSv1_listen()
@@ -424,8 +427,13 @@ class DTLSEngine(TLSEngine):
     # -- datagrams -----------------------------------------------------------
 
     def receive_datagram(self, datagram: bytes) -> None:
-        """Feed one datagram received from the peer."""
-        self._conn.bio_write(datagram)
+        """Feed one datagram received from the peer.
+
+        An empty datagram carries no record and is ignored (a memory BIO
+        would refuse it with an OpenSSL error).
+        """
+        if datagram:
+            self._conn.bio_write(datagram)
 
     def datagrams_to_send(self) -> list[bytes]:
         """Everything OpenSSL wrote, as datagrams of at most :attr:`mtu` bytes."""
