@@ -16,8 +16,19 @@ import trio
 
 from tests.conftest import PKIFiles
 from tests.helpers import port_of, receive_exactly, running_dtls_server, running_tls_server
-from trio_tls_dtls import ConfigError, HandshakeError, open_dtls_channel, open_tls_stream
+from trio_tls_dtls import (
+    ClientSettings,
+    ConfigError,
+    CryptoOffload,
+    DTLSChannel,
+    DTLSEngine,
+    HandshakeError,
+    open_dtls_channel,
+    open_tls_stream,
+)
 from trio_tls_dtls.config_file import load_config_file
+from trio_tls_dtls.context import client_context
+from trio_tls_dtls.dtls.link import SocketLink
 from trio_tls_dtls.limits import LogThrottle, SourceLimits, source_key
 
 FLOODER, VICTIM = "127.0.0.2", "127.0.0.3"
@@ -290,3 +301,45 @@ async def test_dtls_peer_cap_per_source(pki: PKIFiles) -> None:
                 await trio.sleep(0.01)
         again = await open_dtls_channel("127.0.0.1", port, settings=client, local_address=FLOODER)
         await again.aclose()
+
+
+async def _channel_from(
+    port: int, client: ClientSettings, source: tuple[str, int]
+) -> tuple[DTLSChannel, trio.socket.SocketType]:
+    """A DTLS channel from the exact local *source* (host, port), with its socket."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+    await sock.bind(source)
+    await sock.connect(("127.0.0.1", port))
+    engine = DTLSEngine.connect(client_context(client, dtls=True), "localhost", mtu=client.mtu)
+    channel = DTLSChannel(SocketLink(sock), engine, offload=CryptoOffload(client.offload))
+    try:
+        with trio.fail_after(client.handshake_timeout):
+            await channel.do_handshake()
+    except BaseException:
+        sock.close()
+        raise
+    return channel, sock
+
+
+async def test_dtls_restart_from_the_same_port_at_the_cap(pki: PKIFiles) -> None:
+    """A client that restarts (e.g. rebooted, same address and port) replaces its old peer.
+
+    It must not be held to the cap by the very association it replaces.
+    """
+    settings = pki.server_settings(
+        per_source_rate=0, per_source_connections=1, per_source_exempt=()
+    )
+    client = pki.client_settings(handshake_timeout=5.0)
+    async with running_dtls_server(settings) as server:
+        port = port_of(server)
+        _, old_socket = await _channel_from(port, client, (FLOODER, 0))
+        source = old_socket.getsockname()
+        old_socket.close()  # gone without close_notify: the server still has the peer
+        new, _ = await _channel_from(port, client, source)
+        await new.send(b"again")
+        with trio.fail_after(5):
+            assert await new.receive() == b"again"
+        assert server.stats.peers_replaced == 1
+        assert not server.stats.dropped["per_source_connections"]
+        await new.aclose()
