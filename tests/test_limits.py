@@ -13,12 +13,29 @@ from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client import generate_latest
 
 from tests.conftest import PKIFiles
+from tests.core.dtls_pair import first_client_hello
 from tests.helpers import port_of, receive_exactly, running_dtls_server, running_tls_server
-from trio_tls_dtls import ConfigError, HandshakeError, open_dtls_channel, open_tls_stream
+from trio_tls_dtls import (
+    ClientSettings,
+    ConfigError,
+    CryptoOffload,
+    DTLSChannel,
+    DTLSEngine,
+    HandshakeError,
+    ServerSettings,
+    Service,
+    open_dtls_channel,
+    open_tls_stream,
+)
+from trio_tls_dtls.cli import _serve_options, _settings_from, build_parser
 from trio_tls_dtls.config_file import load_config_file
+from trio_tls_dtls.context import client_context
+from trio_tls_dtls.dtls.link import SocketLink
 from trio_tls_dtls.limits import LogThrottle, SourceLimits, source_key
+from trio_tls_dtls.metrics import metrics_registry
 
 FLOODER, VICTIM = "127.0.0.2", "127.0.0.3"
 
@@ -290,3 +307,141 @@ async def test_dtls_peer_cap_per_source(pki: PKIFiles) -> None:
                 await trio.sleep(0.01)
         again = await open_dtls_channel("127.0.0.1", port, settings=client, local_address=FLOODER)
         await again.aclose()
+
+
+async def _channel_from(
+    port: int, client: ClientSettings, source: tuple[str, int]
+) -> tuple[DTLSChannel, trio.socket.SocketType]:
+    """A DTLS channel from the exact local *source* (host, port), with its socket."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+    await sock.bind(source)
+    await sock.connect(("127.0.0.1", port))
+    engine = DTLSEngine.connect(client_context(client, dtls=True), "localhost", mtu=client.mtu)
+    channel = DTLSChannel(SocketLink(sock), engine, offload=CryptoOffload(client.offload))
+    try:
+        with trio.fail_after(client.handshake_timeout):
+            await channel.do_handshake()
+    except BaseException:
+        sock.close()
+        raise
+    return channel, sock
+
+
+async def test_dtls_restart_from_the_same_port_at_the_cap(pki: PKIFiles) -> None:
+    """A client that restarts (e.g. rebooted, same address and port) replaces its old peer.
+
+    It must not be held to the cap by the very association it replaces.
+    """
+    settings = pki.server_settings(
+        per_source_rate=0, per_source_connections=1, per_source_exempt=()
+    )
+    client = pki.client_settings(handshake_timeout=5.0)
+    async with running_dtls_server(settings) as server:
+        port = port_of(server)
+        _, old_socket = await _channel_from(port, client, (FLOODER, 0))
+        source = old_socket.getsockname()
+        old_socket.close()  # gone without close_notify: the server still has the peer
+        new, _ = await _channel_from(port, client, source)
+        await new.send(b"again")
+        with trio.fail_after(5):
+            assert await new.receive() == b"again"
+        assert server.stats.peers_replaced == 1
+        assert not server.stats.dropped["per_source_connections"]
+        await new.aclose()
+
+
+# -- more: concurrency, the cookie gate, flags, metrics ----------------------------------
+
+
+async def test_tls_flood_at_once_beside_a_victim_costs_no_handshake_work(pki: PKIFiles) -> None:
+    """Ten flooder connections at once and a victim among them: exactly the burst gets in."""
+    settings = pki.server_settings(per_source_rate=0.001, per_source_burst=3, per_source_exempt=())
+    client = pki.client_settings(handshake_timeout=10.0)
+    outcomes: list[str] = []
+    async with running_tls_server(settings) as server:
+        port = port_of(server)
+
+        async def flood_once() -> None:
+            try:
+                stream = await open_tls_stream(
+                    "127.0.0.1", port, settings=client, local_address=FLOODER
+                )
+            except (HandshakeError, OSError, trio.BrokenResourceError):
+                outcomes.append("refused")
+            else:
+                outcomes.append("ok")
+                await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(flood_once)
+            victim = await open_tls_stream("127.0.0.1", port, settings=client, local_address=VICTIM)
+            await victim.send_all(b"ping")
+            assert await receive_exactly(victim, 4) == b"ping"
+            await victim.aclose()
+    assert sorted(outcomes) == ["ok"] * 3 + ["refused"] * 7
+    assert server.stats.rejected_per_source["rate"] == 7
+    assert server.stats.handshakes_ok == 4
+    assert not server.stats.handshakes_failed  # refused before any TLS work
+
+
+async def test_cookieless_client_hellos_spend_no_tokens(pki: PKIFiles) -> None:
+    """A cookieless ClientHello's source may be forged: it costs that source nothing."""
+    settings = pki.server_settings(per_source_rate=0.001, per_source_burst=1, per_source_exempt=())
+    async with running_dtls_server(settings) as server:
+        port = port_of(server)
+        _, hello = first_client_hello(pki)
+        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+            await sock.bind((FLOODER, 0))
+            for _ in range(20):
+                await sock.sendto(hello, ("127.0.0.1", port))
+                with trio.fail_after(5):
+                    reply = await sock.recv(2048)
+                assert reply[0] == 22  # a HelloVerifyRequest
+        assert server.stats.cookies_sent == 20
+        # The source's one token is still there for its real handshake.
+        channel = await open_dtls_channel(
+            "127.0.0.1", port, settings=pki.client_settings(), local_address=FLOODER
+        )
+        await channel.aclose()
+        assert not server.stats.dropped["per_source_rate"]
+
+
+def test_serve_flags_reach_the_settings(pki: PKIFiles) -> None:
+    def settings_for(*flags: str) -> ServerSettings:
+        args = build_parser().parse_args(
+            ["serve", "--cert", str(pki.server_cert), "--key", str(pki.server_key), *flags]
+        )
+        return _settings_from(_serve_options(args), make_dev_pki=False)[0]
+
+    default = settings_for()
+    assert (default.per_source_rate, default.per_source_burst) == (50.0, 100)
+    assert default.per_source_connections == 256
+    assert default.per_source_exempt == ("127.0.0.0/8", "::1/128")
+    given = settings_for(
+        "--per-source-rate",
+        "2.5",
+        "--per-source-burst",
+        "7",
+        "--per-source-connections",
+        "0",
+        "--per-source-exempt",
+        "none",
+    )
+    assert (given.per_source_rate, given.per_source_burst) == (2.5, 7)
+    assert given.per_source_connections == 0
+    assert given.per_source_exempt == ()
+
+
+def test_metrics_export_the_refusals(pki: PKIFiles) -> None:
+    service = Service(pki.server_settings())
+    assert service.tls is not None and service.dtls is not None
+    service.tls.stats.rejected_per_source["rate"] = 7
+    service.tls.stats.rejected_per_source["connections"] = 2
+    service.dtls.stats.dropped["per_source_rate"] = 5
+    body = generate_latest(metrics_registry(service)).decode()
+    name = "trio_tlsd_tls_connections_refused_per_source_total"
+    assert f'{name}{{limit="rate"}} 7.0' in body
+    assert f'{name}{{limit="connections"}} 2.0' in body
+    assert 'trio_tlsd_dtls_datagrams_dropped_total{reason="per_source_rate"} 5.0' in body

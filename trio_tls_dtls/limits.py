@@ -126,16 +126,20 @@ class SourceLimits:
             ip = ip.ipv4_mapped
         return any(ip in network for network in self._exempt)
 
-    def admit(self, host: str, now: float) -> Refusal | None:
+    def admit(self, host: str, now: float, *, replacing: bool = False) -> Refusal | None:
         """Admit one new connection from *host* at time *now*: None, or why not.
 
         An admitted connection must be :meth:`release`\\ d when it ends.
+        *replacing* says it takes the place of one of the source's open
+        connections (a DTLS peer restarting its handshake from the same
+        address and port), so the cap does not apply: the count only
+        overlaps until the old one is released. It still spends a token.
         """
         if self.is_exempt(host):
             return None
         key = source_key(host)
         active = self._active.get(key, 0)
-        if self.max_connections and active >= self.max_connections:
+        if self.max_connections and active >= self.max_connections and not replacing:
             return "connections"
         if self.rate:
             tokens = self._tokens(key, now)

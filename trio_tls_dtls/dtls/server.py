@@ -331,7 +331,10 @@ class DTLSServer:
         # spoofed flood cannot spend another address's handshake tokens.
         limits = self.source_limits
         if limits is not None:
-            refused = limits.admit(key[1][0], trio.current_time())
+            # A new handshake from a known address and port replaces its old
+            # peer: the source's count stays the same once that one ends.
+            replacing = self.peers.get(key) is not None
+            refused = limits.admit(key[1][0], trio.current_time(), replacing=replacing)
             if refused is not None:
                 self._refuse(key[1], refused)
                 return
