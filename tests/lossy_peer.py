@@ -107,7 +107,8 @@ async def dtls_clients(
 
     Each handshake has ``settings.handshake_timeout``; a client still in
     ``open_dtls_channel`` 5 s after that is recorded as unexpected (a hang).
-    Echoes are collected until *echo_wait* seconds after the last send.
+    Echoes are collected until all have come back or *echo_wait* seconds
+    after the last send, whichever is first.
     """
     result = DTLSCellResult(clients)
     grace = settings.handshake_timeout + 5.0
@@ -130,6 +131,7 @@ async def dtls_clients(
             return
         result.completed += 1
         seen: set[int] = set()
+        all_echoed = trio.Event()
         try:
             async with channel, trio.open_nursery() as nursery:
 
@@ -145,13 +147,16 @@ async def dtls_clients(
                         else:
                             seen.add(checked[1])
                             result.echoed += 1
+                            if len(seen) == messages:
+                                all_echoed.set()
 
                 nursery.start_soon(collect)
                 for seq in range(messages):
                     await channel.send(make_message(number, seq, rng))
                     result.sent += 1
                     await trio.sleep(0.01)
-                await trio.sleep(echo_wait)
+                with trio.move_on_after(echo_wait):
+                    await all_echoed.wait()
                 nursery.cancel_scope.cancel()
         except Exception as exc:
             result.unexpected.append(f"client {number}: echo raised {exc!r}")

@@ -17,9 +17,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +48,8 @@ MESSAGES = 10
 DUP = 0.1
 REORDER = 0.25
 DELAY_MS = "0,3"
+READY_TIMEOUT = 30.0
+"""How long a relay or server process may take to print its address."""
 
 
 def _env() -> dict[str, str]:
@@ -89,10 +94,18 @@ class ProcessGroup:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=_env(), cwd=cwd)
         self.processes.append(process)
         assert process.stdout is not None
-        line = process.stdout.readline().strip()  # bounded: the test's deadline covers it
+        stdout = process.stdout
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(READY_TIMEOUT)
+        if reader.is_alive():
+            process.kill()  # its stdout closes, so the reader ends too
+            raise RuntimeError(f"{command[:6]} printed nothing within {READY_TIMEOUT:g}s")
+        line = lines[0].strip()
         if not line:
             process.wait(timeout=10)
-            raise RuntimeError(f"{command[:4]} exited ({process.returncode}) before it was ready")
+            raise RuntimeError(f"{command[:6]} exited ({process.returncode}) before it was ready")
         return process, line
 
     def relay(self, *arguments: str, ip_netns: str | None = None) -> RelayProcess:
@@ -179,6 +192,8 @@ async def test_dtls_through_lossy_relay(
             pki.client_settings(handshake_timeout=HANDSHAKE_TIMEOUT),
             clients=CLIENTS,
             messages=MESSAGES,
+            # Nothing is lost at 0 %: wait as long as a busy machine may need.
+            echo_wait=5.0 if loss == 0 else 1.0,
             seed=seed,
         )
     counters = relay.stop()
@@ -214,3 +229,164 @@ async def test_tls_through_splitting_relay_loses_nothing(
     assert result.received == result.sent == 1 << 20
     assert result.identical
     assert counters["split"] > 100  # the records really were cut up on the way
+
+
+# -- the same through network namespaces -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Namespaces:
+    """Three namespaces: server <-veth-> relay <-veth-> clients. Nothing in the host's own."""
+
+    server: str
+    relay: str
+    client: str
+    server_ip: str = "10.201.1.2"
+    relay_server_side: str = "10.201.1.1"
+    relay_client_side: str = "10.201.2.1"
+    client_ip: str = "10.201.2.2"
+
+
+def _ip(*arguments: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", *arguments], capture_output=True, text=True, timeout=30, check=check
+    )
+
+
+def netns_unavailable() -> str | None:
+    """Why namespaces cannot be used here, or None if they can."""
+    if os.geteuid() != 0:
+        return "not running as root"
+    if shutil.which("ip") is None:
+        return "no `ip` command (iproute2)"
+    probe = f"ttd-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        added = _ip("netns", "add", probe, check=False)
+        if added.returncode != 0:
+            return f"`ip netns add` failed: {added.stderr.strip()}"
+        ran = _ip("netns", "exec", probe, "true", check=False)
+        if ran.returncode != 0:
+            return f"`ip netns exec` failed: {ran.stderr.strip()}"
+    finally:
+        _ip("netns", "del", probe, check=False)
+    return None
+
+
+@pytest.fixture
+def namespaces() -> Iterator[Namespaces]:
+    reason = netns_unavailable()
+    if reason is not None:
+        pytest.skip(f"needs root and iproute2 (ip netns): {reason}")
+    token = uuid.uuid4().hex[:6]
+    names = Namespaces(f"ttd-{token}-srv", f"ttd-{token}-relay", f"ttd-{token}-cli")
+    links = [f"t{token}s0", f"t{token}s1", f"t{token}c0", f"t{token}c1"]
+    created: list[str] = []
+    try:
+        for name in (names.server, names.relay, names.client):
+            _ip("netns", "add", name)
+            created.append(name)
+            _ip("-n", name, "link", "set", "lo", "up")
+        # Each veth pair is made directly inside its two namespaces.
+        _ip("link", "add", links[0], "netns", names.server,
+            "type", "veth", "peer", "name", links[1], "netns", names.relay)  # fmt: skip
+        _ip("link", "add", links[2], "netns", names.client,
+            "type", "veth", "peer", "name", links[3], "netns", names.relay)  # fmt: skip
+        for ns, link, address in (
+            (names.server, links[0], names.server_ip),
+            (names.relay, links[1], names.relay_server_side),
+            (names.client, links[2], names.client_ip),
+            (names.relay, links[3], names.relay_client_side),
+        ):
+            _ip("-n", ns, "addr", "add", f"{address}/24", "dev", link)
+            _ip("-n", ns, "link", "set", link, "up")
+        yield names
+    finally:
+        for name in created:  # deleting a namespace deletes the veth ends inside it
+            _ip("netns", "del", name, check=False)
+        left = _ip("netns", "list").stdout
+        assert not any(name in left for name in created), f"namespaces left behind: {left}"
+        root_links = _ip("-o", "link").stdout
+        assert not any(link in root_links for link in links), "veths left in the host namespace"
+
+
+@pytest.fixture
+def netns_processes(namespaces: Namespaces) -> Iterator[ProcessGroup]:
+    """Like ``processes``, but ended before the namespaces are deleted."""
+    group = ProcessGroup()
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+def _in_ns(ns: str, *arguments: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.lossy_peer", *arguments]
+
+
+def _netns_server(
+    pki: PKIFiles, names: Namespaces, group: ProcessGroup
+) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    command = _in_ns(
+        names.server, "server", "--host", names.server_ip,
+        "--cert", str(pki.server_cert), "--key", str(pki.server_key),
+    )  # fmt: skip
+    server, line = group.start(command)
+    return server, json.loads(line)
+
+
+def _netns_client(names: Namespaces, *arguments: str) -> dict[str, object]:
+    done = subprocess.run(
+        _in_ns(names.client, *arguments),
+        capture_output=True, text=True, timeout=60, env=_env(), cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    outcome: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return outcome
+
+
+# Synchronous: every step is a subprocess with its own timeout.
+@pytest.mark.parametrize("loss", [0.0, 0.20], ids=["loss0-reorder", "loss20-reorder"])
+def test_dtls_through_relay_between_namespaces(
+    pki: PKIFiles, namespaces: Namespaces, netns_processes: ProcessGroup, loss: float
+) -> None:
+    seed = 2000 + int(loss * 100)
+    _, ports = _netns_server(pki, namespaces, netns_processes)
+    relay = netns_processes.relay(
+        *relay_arguments(
+            f"{namespaces.relay_client_side}:0",
+            f"{namespaces.server_ip}:{ports['dtls']}",
+            loss=loss,
+            reorder=True,
+            seed=seed,
+        ),
+        ip_netns=namespaces.relay,
+    )
+    outcome = _netns_client(
+        namespaces, "dtls", "--target", relay.address, "--ca", str(pki.ca),
+        "--clients", str(CLIENTS), "--messages", str(MESSAGES),
+        "--handshake-timeout", str(HANDSHAKE_TIMEOUT), "--seed", str(seed),
+        "--echo-wait", "5" if loss == 0 else "1",
+    )  # fmt: skip
+    counters = relay.stop()
+    result = DTLSCellResult(**outcome)  # type: ignore[arg-type]
+    check_cell(result, loss, f"netns: loss {loss:.0%} reorder on")
+    print(f"relay counters {counters}")
+    assert counters["reordered"] > 0
+    if loss:
+        assert counters["dropped"] > 0
+
+
+def test_tls_through_splitting_relay_between_namespaces(
+    pki: PKIFiles, namespaces: Namespaces, netns_processes: ProcessGroup
+) -> None:
+    _, ports = _netns_server(pki, namespaces, netns_processes)
+    relay = netns_processes.relay(
+        "--listen", f"{namespaces.relay_client_side}:0",
+        "--target", f"{namespaces.server_ip}:{ports['tls']}",
+        "--tcp", "--split", "--max-chunk", "2048", "--delay-ms", "0,1", "--seed", "6",
+        ip_netns=namespaces.relay,
+    )  # fmt: skip
+    outcome = _netns_client(namespaces, "tls", "--target", relay.address, "--ca", str(pki.ca))
+    counters = relay.stop()
+    assert outcome == {"sent": 1 << 20, "received": 1 << 20, "identical": True}
+    assert counters["split"] > 100
