@@ -19,9 +19,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -390,3 +392,82 @@ def test_tls_through_splitting_relay_between_namespaces(
     counters = relay.stop()
     assert outcome == {"sent": 1 << 20, "received": 1 << 20, "identical": True}
     assert counters["split"] > 100
+
+
+# -- the relay itself ----------------------------------------------------------------
+
+
+def _udp_echo_through_relay(
+    processes: ProcessGroup, *options: str, count: int = 200
+) -> tuple[list[int], dict[str, int]]:
+    """Send *count* numbered datagrams through a relay to a UDP echo; return what came back."""
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stop = threading.Event()
+
+    def serve() -> None:
+        echo.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                data, peer = echo.recvfrom(2048)
+                echo.sendto(data, peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        relay = processes.relay(
+            "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{echo.getsockname()[1]}",
+            "--udp", *options,
+        )  # fmt: skip
+        client.settimeout(1.0)
+        for number in range(count):
+            client.sendto(b"%d" % number, (relay.host, relay.port))
+            time.sleep(0.001)  # paced: no socket buffer on the way may overflow
+        got: list[int] = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                got.append(int(client.recv(2048)))
+        return got, relay.stop()
+    finally:
+        stop.set()
+        thread.join(5)
+        echo.close()
+        client.close()
+
+
+def test_relay_without_reordering_keeps_order(processes: ProcessGroup) -> None:
+    got, counters = _udp_echo_through_relay(processes, "--delay-ms", "0,3", "--seed", "3")
+    assert got == list(range(200))
+    assert counters == {
+        "forwarded": 400, "dropped": 0, "duplicated": 0, "reordered": 0, "split": 0,
+    }  # fmt: skip
+
+
+def test_relay_drops_duplicates_and_reorders(processes: ProcessGroup) -> None:
+    got, counters = _udp_echo_through_relay(
+        processes, "--loss", "0.2", "--dup", "0.2", "--reorder", "0.3", "--seed", "4"
+    )
+    assert counters["dropped"] > 0 and counters["duplicated"] > 0 and counters["reordered"] > 0
+    assert len(got) > len(set(got))  # the relay itself does duplicate
+    assert got != sorted(got)  # and reorder
+    assert len(set(got)) < 200  # and lose
+    assert set(got) <= set(range(200))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--listen", "nowhere", "--target", "127.0.0.1:1", "--udp"], "not HOST:PORT: 'nowhere'"),
+        (["--listen", "127.0.0.1:0", "--target", "127.0.0.1:1", "--udp", "--loss", "2"],
+         "between 0 and 1"),
+        (["--listen", "127.0.0.1:0", "--target", "127.0.0.1:1", "--tcp", "--delay-ms", "5"],
+         "LO,HI"),
+    ],
+)  # fmt: skip
+def test_relay_rejects_bad_options(arguments: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(RELAY), *arguments], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
