@@ -157,6 +157,8 @@ def test_settings_defaults_exempt_loopback(pki: PKIFiles) -> None:
         ({"per_source_connections": -1}, "per_source_connections"),
         ({"per_source_exempt": ("10.0.0.0/8", "nonsense")}, "nonsense"),
         ({"per_source_exempt": "10.0.0.0/8"}, "per_source_exempt"),
+        # Host bits set: refused, not silently widened to 10.0.0.0/24.
+        ({"per_source_exempt": ("10.0.0.5/24",)}, "10.0.0.5/24"),
     ],
 )
 def test_bad_settings_name_the_field(

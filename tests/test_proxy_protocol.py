@@ -569,11 +569,11 @@ def test_parser_module_does_not_import_trio() -> None:
 
 
 def test_argparse_type_error_is_specific() -> None:
-    from trio_tls_dtls.cli import _proxy_networks
+    from trio_tls_dtls.cli import _network_list
 
-    assert _proxy_networks("10.0.0.0/8,::1") == ["10.0.0.0/8", "::1"]
+    assert _network_list("10.0.0.0/8,::1") == ["10.0.0.0/8", "::1"]
     with pytest.raises(argparse.ArgumentTypeError, match="'x' is not an IP address"):
-        _proxy_networks("10.0.0.0/8,x")
+        _network_list("10.0.0.0/8,x")
 
 
 async def test_per_source_limits_see_the_header_address(pki: PKIFiles) -> None:

@@ -8,13 +8,12 @@ below already name the file, flag or port at fault.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypedDict
@@ -37,9 +36,9 @@ from .dtls.server import DTLSHandler
 from .errors import ConfigError, TLSDError
 from .forward import forward_tcp, forward_udp
 from .info import format_address
-from .limits import parse_networks
 from .logformat import TEXT_FORMAT, make_formatter, status_line
 from .metrics import serve_metrics
+from .networks import parse_networks
 from .privileges import Identity, drop_privileges, lookup_identity, resolve_identity
 from .service import Service
 from .targets import parse_target
@@ -106,52 +105,38 @@ def _rate(text: str) -> float:
     return value
 
 
-def _count_or_off(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 (off) or a positive integer, not {value}")
-    return value
-
-
-def _networks(text: str) -> list[str]:
+def _network_list(text: str) -> list[str]:
+    """Comma-separated addresses or CIDR networks; ``none`` is the empty list."""
     if text.strip().lower() == "none":
         return []
     entries = [part.strip() for part in text.split(",") if part.strip()]
     try:
-        parse_networks(entries, "--per-source-exempt")
+        parse_networks(entries)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return entries
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
-    return value
+def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, not {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_count_or_off = _int_at_least(0, "0 (off) or a positive integer")
 
 
 def _target_text(text: str) -> str:
     parse_target(text)  # raises argparse.ArgumentTypeError with the reason
     return text
-
-
-def _proxy_networks(text: str) -> list[str]:
-    entries = [entry.strip() for entry in text.split(",")]
-    for entry in entries:
-        try:
-            ipaddress.ip_network(entry)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(
-                f"{entry!r} is not an IP address or network (CIDR): {exc}"
-            ) from None
-    return entries
 
 
 def _workers(text: str) -> int | str:
@@ -288,7 +273,7 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     p.add_argument(
         "--per-source-exempt",
-        type=_networks,
+        type=_network_list,
         metavar="CIDR,...",
         help='networks not limited (default: 127.0.0.0/8,::1/128; "none" = limit all)',
     )
@@ -346,7 +331,7 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     proxy.add_argument(
         "--proxy-trusted",
-        type=_proxy_networks,
+        type=_network_list,
         action="extend",
         metavar="CIDR[,CIDR...]",
         help="who may send that header (repeatable; default: 127.0.0.1/32,::1/128)",

@@ -10,7 +10,6 @@ message names the setting.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
-from .limits import parse_networks
+from .networks import Network, address_in, parse_networks
 
 __all__ = [
     "DEFAULT_DTLS_MTU",
@@ -141,28 +140,22 @@ def _mtu(value: int) -> int:
 DEFAULT_PROXY_TRUSTED = ("127.0.0.1/32", "::1/128")
 """Who may send a PROXY header unless told otherwise: this host only."""
 
-ProxyNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-
-def _proxy_networks(entries: object, enabled: object) -> tuple[ProxyNetwork, ...]:
+def _proxy_networks(entries: object, enabled: object) -> tuple[Network, ...]:
     if not isinstance(enabled, bool):
         raise ConfigError(f"proxy_protocol must be true or false, not {enabled!r}")
     if isinstance(entries, str) or not isinstance(entries, tuple | list):
         raise ConfigError(f"proxy_trusted must be a list of addresses or networks, not {entries!r}")
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(
-                f"proxy_trusted entry {entry!r} is not an IP address or network: {exc}"
-            ) from None
+    try:
+        networks = parse_networks(entries, "proxy_trusted")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if enabled and not networks:
         raise ConfigError(
             "proxy_protocol is on but proxy_trusted is empty: every connection would be "
             "refused; list the load balancers' addresses"
         )
-    return tuple(networks)
+    return networks
 
 
 def _set(obj: object, name: str, value: object) -> None:
@@ -258,7 +251,7 @@ class ServerSettings:
     """Read a PROXY protocol header (v1 or v2) before TLS, and use its client address."""
     proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
     """Addresses or networks (CIDR) allowed to send that header; others are refused."""
-    _proxy_networks: tuple[ProxyNetwork, ...] = field(
+    _proxy_networks: tuple[Network, ...] = field(
         default=(), init=False, repr=False, compare=False, hash=False
     )
     # DTLS only.
@@ -320,14 +313,7 @@ class ServerSettings:
 
     def proxy_trusts(self, host: str) -> bool:
         """Whether a connection from *host* may send a PROXY header (per ``proxy_trusted``)."""
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            mapped = address.ipv4_mapped
-            return any(mapped in net or address in net for net in self._proxy_networks)
-        return any(address in net for net in self._proxy_networks)
+        return address_in(host, self._proxy_networks)
 
     @classmethod
     def from_files(

@@ -25,7 +25,6 @@ An unknown key, a value of the wrong type or an impossible value is a
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import math
 import tomllib
 from collections.abc import Callable, Mapping
@@ -40,7 +39,7 @@ from .config import (
     VerifyClient,
 )
 from .errors import ConfigError
-from .limits import parse_networks
+from .networks import parse_networks
 from .targets import parse_target
 
 __all__ = ["DEFAULTS", "load_config_file", "render_options"]
@@ -156,11 +155,9 @@ def _rate(value: object, base: Path) -> float:
 
 
 def _networks(value: object, base: Path) -> list[str]:
-    if value == []:
-        return []
     entries = _strings(value, base)
     try:
-        parse_networks(entries, "entry")
+        parse_networks(entries)
     except ValueError as exc:
         raise _Bad(str(exc)) from None
     return entries
@@ -179,16 +176,6 @@ def _host_port(value: object, base: Path) -> str:
     except argparse.ArgumentTypeError as exc:
         raise _Bad(str(exc)) from None
     return text
-
-
-def _proxy_networks(value: object, base: Path) -> list[str]:
-    entries = _strings(value, base)
-    for entry in entries:
-        try:
-            ipaddress.ip_network(entry)
-        except ValueError as exc:
-            raise _Bad(f"entry {entry!r} is not an IP address or network: {exc}") from None
-    return entries
 
 
 def _workers(value: object, base: Path) -> int | str:
@@ -233,7 +220,7 @@ _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "metrics_port": _int_in(1, 65535, "a port 1-65535"),
     "metrics_host": _string,
     "proxy_protocol": _bool,
-    "proxy_trusted": _proxy_networks,
+    "proxy_trusted": _networks,
 }
 assert _CHECKS.keys() == DEFAULTS.keys()
 

@@ -26,27 +26,14 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Final, Literal
 
-__all__ = ["LogThrottle", "Refusal", "SourceLimits", "parse_networks", "source_key"]
+from .networks import address_in, parse_networks
+
+__all__ = ["LogThrottle", "Refusal", "SourceLimits", "source_key"]
 
 Refusal = Literal["rate", "connections"]
 """Why a source was refused: its handshake bucket is empty, or it is at its cap."""
 
 DEFAULT_MAX_TRACKED: Final = 65536
-
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_networks(entries: Iterable[str], what: str) -> tuple[_Network, ...]:
-    """``entries`` (addresses or CIDR networks) as networks; ValueError names a bad one."""
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            raise ValueError(
-                f"{what}: {entry!r} is not an IP address or network (e.g. 10.0.0.0/8, ::1)"
-            ) from None
-    return tuple(networks)
 
 
 def source_key(host: str) -> str:
@@ -116,15 +103,7 @@ class SourceLimits:
         return cls(rate=rate, burst=burst, max_connections=max_connections, exempt=exempt)
 
     def is_exempt(self, host: str) -> bool:
-        if not self._exempt:
-            return False
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self._exempt)
+        return address_in(host, self._exempt)
 
     def admit(self, host: str, now: float, *, replacing: bool = False) -> Refusal | None:
         """Admit one new connection from *host* at time *now*: None, or why not.
