@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .info import Address, PeerInfo, format_address
+from .limits import LogThrottle, Refusal
 
-__all__ = ["HANDSHAKE_BUCKETS", "LatencyHistogram", "log_close"]
+__all__ = ["HANDSHAKE_BUCKETS", "LatencyHistogram", "account_close", "log_close", "log_refusal"]
+
+logger = logging.getLogger(__name__)
 
 access_logger = logging.getLogger("trio_tls_dtls.access")
 
@@ -86,6 +90,64 @@ def log_close(
         fields["handshake_error"] = handshake_error
     text = " ".join(f"{k}={_text(v)}" for k, v in fields.items())
     access_logger.info("closed %s", text, extra={"conn": fields})
+
+
+class _CloseStats(Protocol):
+    bytes_in: int
+    bytes_out: int
+    closed_by_reason: Counter[str]
+
+
+class _Counted(Protocol):
+    @property
+    def bytes_received(self) -> int: ...
+
+    @property
+    def bytes_sent(self) -> int: ...
+
+
+def account_close(
+    stats: _CloseStats,
+    conn: _Counted,
+    *,
+    address: Address,
+    transport: str,
+    info: PeerInfo | None,
+    duration: float,
+    reason: str,
+    handshake_error: str | None,
+) -> None:
+    """Add a closed TLS connection's or DTLS peer's bytes and reason to *stats*, and log it."""
+    stats.bytes_in += conn.bytes_received
+    stats.bytes_out += conn.bytes_sent
+    stats.closed_by_reason[reason] += 1
+    log_close(
+        address=address,
+        transport=transport,
+        info=info,
+        bytes_in=conn.bytes_received,
+        bytes_out=conn.bytes_sent,
+        duration=duration,
+        reason=reason,
+        handshake_error=handshake_error,
+    )
+
+
+def log_refusal(
+    throttle: LogThrottle, now: float, address: Address, why: Refusal, what: str
+) -> None:
+    """Log a per-source refusal of a new *what* (connection, peer), a line a second at most."""
+    held = throttle.ready(now)
+    if held is None:
+        return
+    limit = "handshake rate" if why == "rate" else f"concurrent {what}s"
+    logger.warning(
+        "refused a %s from %s: over its per-source %s limit (%d more refusals not logged)",
+        what,
+        format_address(address),
+        limit,
+        held,
+    )
 
 
 def _text(value: object) -> str:

@@ -28,7 +28,7 @@ from typing import NoReturn
 import trio
 from OpenSSL import SSL
 
-from ..access import LatencyHistogram, log_close
+from ..access import LatencyHistogram, account_close, log_refusal
 from ..config import ServerSettings
 from ..context import build_server_context
 from ..engine import DTLSEngine
@@ -365,15 +365,7 @@ class DTLSServer:
     def _refuse(self, address: Address, why: Refusal) -> None:
         """Drop a valid ClientHello the per-source limits refuse; the client retries later."""
         self.stats.dropped[f"per_source_{why}"] += 1
-        held = self._refusal_log.ready(trio.current_time())
-        if held is not None:
-            what = "handshake rate" if why == "rate" else "concurrent peers"
-            logger.warning(
-                "refused a DTLS peer %s: over its per-source %s limit (%d more not logged)",
-                format_address(address),
-                what,
-                held,
-            )
+        log_refusal(self._refusal_log, trio.current_time(), address, why, "DTLS peer")
 
     # -- one peer --------------------------------------------------------------------
 
@@ -419,15 +411,12 @@ class DTLSServer:
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await channel.aclose()
             finally:
-                self.stats.bytes_in += channel.bytes_received
-                self.stats.bytes_out += channel.bytes_sent
-                self.stats.closed_by_reason[reason] += 1
-                log_close(
+                account_close(
+                    self.stats,
+                    channel,
                     address=address,
                     transport="dtls",
                     info=info,
-                    bytes_in=channel.bytes_received,
-                    bytes_out=channel.bytes_sent,
                     duration=trio.current_time() - started,
                     reason=reason,
                     handshake_error=error,

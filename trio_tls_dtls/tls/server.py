@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import trio
 from OpenSSL import SSL
 
-from ..access import LatencyHistogram, log_close
+from ..access import LatencyHistogram, account_close, log_close, log_refusal
 from ..config import ServerSettings
 from ..context import build_server_context
 from ..engine import TLSEngine
@@ -203,9 +203,13 @@ class TLSServer:
                         await self.handler(stream, info)
                         reason = self._why_handler_returned(stream)
                 if scope.cancelled_caught:
-                    # A drain cancels only a connection still in its
-                    # handshake; after it, only the idle deadline does.
-                    reason = "drained" if info is None else self._idle_timed_out(info)
+                    # The idle deadline passed, or a drain cut a connection
+                    # it saw still in its handshake (which may have finished
+                    # just before the cancellation arrived).
+                    if info is not None and trio.current_time() >= scope.deadline:
+                        reason = self._idle_timed_out(info)
+                    else:
+                        reason = "drained"
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 reason = "broken"
                 logger.info("connection from %s ended: %s", format_address(address), exc)
@@ -221,15 +225,12 @@ class TLSServer:
                     with trio.move_on_after(CLOSE_TIMEOUT):
                         await stream.aclose()
                 finally:
-                    self.stats.bytes_in += stream.bytes_received
-                    self.stats.bytes_out += stream.bytes_sent
-                    self.stats.closed_by_reason[reason] += 1
-                    log_close(
+                    account_close(
+                        self.stats,
+                        stream,
                         address=address,
                         transport="tls",
                         info=info,
-                        bytes_in=stream.bytes_received,
-                        bytes_out=stream.bytes_sent,
                         duration=trio.current_time() - started,
                         reason=reason,
                         handshake_error=error,
@@ -270,16 +271,7 @@ class TLSServer:
     def _refuse(self, address: Address, why: Refusal) -> None:
         """Count (and, a line a second at most, log) a connection the per-source limits refused."""
         self.stats.rejected_per_source[why] += 1
-        held = self._refusal_log.ready(trio.current_time())
-        if held is not None:
-            what = "handshake rate" if why == "rate" else "concurrent connections"
-            logger.warning(
-                "refused a connection from %s: over its per-source %s limit"
-                " (%d more refusals not logged)",
-                format_address(address),
-                what,
-                held,
-            )
+        log_refusal(self._refusal_log, trio.current_time(), address, why, "connection")
 
     async def _read_proxy_header(
         self, transport: trio.SocketStream, address: Address
