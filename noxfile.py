@@ -41,9 +41,11 @@ REPORT_VERSIONS = (
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.6")
+    """ruff, and import-linter's layer contracts (pyproject.toml [tool.importlinter])."""
+    session.install("ruff>=0.6", "import-linter>=2.1", "-e", ".")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
 
 
 @nox.session(python=PYTHON)
@@ -105,7 +107,7 @@ def scale(session: nox.Session) -> None:
 def fuzz(session: nox.Session) -> None:
     """Deep fuzzing of the sans-IO core; not in the default sessions (~5-10 minutes).
 
-    Runs tests/fuzz and the parser and cookie fuzz tests of tests/core with
+    Runs tests/core/fuzz and the parser and cookie fuzz tests of tests/core with
     the "deep" Hypothesis profile (8,000 examples per test; see
     tests/conftest.py). Extra arguments go to pytest, e.g.
     ``nox -s fuzz -- -k dtls``. Hypothesis only: no atheris harness yet.
@@ -114,7 +116,7 @@ def fuzz(session: nox.Session) -> None:
     session.run("python", "-c", REPORT_VERSIONS)
     session.run(
         "pytest",
-        "tests/fuzz",
+        "tests/core/fuzz",
         "tests/core/test_dtls_records.py",
         "tests/core/test_dtls_cookie.py",
         "-k",

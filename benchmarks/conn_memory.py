@@ -54,7 +54,7 @@ def measure(kind: str, idle: int, top: int) -> None:
     import trio
     from suite import CLIENT_PROTO, _hold_connections
 
-    from trio_tls_dtls.bench.config import BenchConfig
+    from trio_tls_dtls.cli.bench.config import BenchConfig
 
     with tempfile.TemporaryDirectory() as folder:
         pki, report = Path(folder) / "pki", Path(folder) / "report.txt"

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from OpenSSL import SSL
 
-from trio_tls_dtls.certs import make_dev_pki, write_dev_pki
-from trio_tls_dtls.config import CertificateSettings, ClientSettings, ServerSettings
-from trio_tls_dtls.context import build_server_context, client_context
-from trio_tls_dtls.dtls.cookie import CookieSecrets
-from trio_tls_dtls.dtls.records import build_hello_verify_request, parse_client_hello
-from trio_tls_dtls.engine import DTLSEngine
+from trio_tls_dtls.cli.dev_pki import make_dev_pki, write_dev_pki
+from trio_tls_dtls.core.contexts import build_server_context, client_context
+from trio_tls_dtls.core.dtls_cookie import CookieSecrets
+from trio_tls_dtls.core.dtls_records import build_hello_verify_request, parse_client_hello
+from trio_tls_dtls.core.engine import DTLSEngine
+from trio_tls_dtls.core.settings import CertificateSettings, ClientSettings, ServerSettings
 
 ADDRESS = ("127.0.0.1", 40000)
 

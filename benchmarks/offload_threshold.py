@@ -19,10 +19,10 @@ from pathlib import Path
 
 import trio
 
-from trio_tls_dtls.certs import make_dev_pki, write_dev_pki
-from trio_tls_dtls.config import CertificateSettings, ClientSettings, ServerSettings
-from trio_tls_dtls.context import build_client_context, build_server_context
-from trio_tls_dtls.engine import TLSEngine
+from trio_tls_dtls.cli.dev_pki import make_dev_pki, write_dev_pki
+from trio_tls_dtls.core.contexts import build_client_context, build_server_context
+from trio_tls_dtls.core.engine import TLSEngine
+from trio_tls_dtls.core.settings import CertificateSettings, ClientSettings, ServerSettings
 
 
 def thread_hop_us(rounds: int = 2000) -> float:

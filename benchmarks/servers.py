@@ -28,7 +28,7 @@ import trio
 from OpenSSL import SSL
 
 from trio_tls_dtls import CertificateSettings, OffloadSettings, ServerSettings, VerifyClient
-from trio_tls_dtls.service import Service
+from trio_tls_dtls.service.service import Service
 
 HOST = "127.0.0.1"
 DTLS1_2_VERSION = 0xFEFD

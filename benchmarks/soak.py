@@ -43,7 +43,7 @@ Writes ``benchmarks/results/soak-latest.json``; with ``--update-docs`` also
 ``docs/soak_results.inc`` (a table, included by docs/soak.rst) and
 ``docs/_static/soak-latest.png``.
 
-``python benchmarks/soak.py hold ...`` is a helper for tests/test_scale.py:
+``python benchmarks/soak.py hold ...`` is a helper for tests/service/test_scale.py:
 it opens N idle TLS connections or DTLS peers, prints ``OPEN n``, and closes
 them all when told ``close`` on stdin.
 """
@@ -548,7 +548,7 @@ def run_soak(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
-# -- hold: many idle connections, for tests/test_scale.py ----------------------------
+# -- hold: many idle connections, for tests/service/test_scale.py ----------------------------
 
 
 async def hold(args: argparse.Namespace) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import trio
 
 from trio_tls_dtls import CertificateSettings, ServerSettings, VerifyClient
-from trio_tls_dtls.service import Service
+from trio_tls_dtls.service.service import Service
 
 HOST = "127.0.0.1"
 

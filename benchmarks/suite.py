@@ -39,11 +39,11 @@ from typing import Any
 
 import trio
 
-from trio_tls_dtls.bench import BenchConfig, run_bench
-from trio_tls_dtls.bench.command import preflight
-from trio_tls_dtls.bench.load import open_connection
-from trio_tls_dtls.bench.report import machine_description
-from trio_tls_dtls.certs import make_dev_pki, write_dev_pki
+from trio_tls_dtls.cli.bench import BenchConfig, run_bench
+from trio_tls_dtls.cli.bench.command import preflight
+from trio_tls_dtls.cli.bench.load import open_connection
+from trio_tls_dtls.cli.bench.report import machine_description
+from trio_tls_dtls.cli.dev_pki import make_dev_pki, write_dev_pki
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

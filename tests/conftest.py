@@ -20,12 +20,12 @@ import trio
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from trio_tls_dtls.certs import DevPKI, Issued, make_dev_pki, write_dev_pki
-from trio_tls_dtls.config import CertificateSettings, ClientSettings, ServerSettings
+from trio_tls_dtls.cli.dev_pki import DevPKI, Issued, make_dev_pki, write_dev_pki
+from trio_tls_dtls.core.settings import CertificateSettings, ClientSettings, ServerSettings
 
 ASYNC_TEST_TIMEOUT = 60.0
 
-# Hypothesis profiles. "ci" (the default) keeps the fuzz tests in tests/fuzz
+# Hypothesis profiles. "ci" (the default) keeps the fuzz tests in tests/core/fuzz
 # to a few seconds; "deep" (HYPOTHESIS_PROFILE=deep, as `nox -s fuzz` sets)
 # runs 8,000 examples per test, about 7 minutes in all. Tests that pin
 # max_examples keep their own.

@@ -8,10 +8,10 @@ from functools import partial
 
 import trio
 
-from trio_tls_dtls.config import ServerSettings
-from trio_tls_dtls.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler, serve_dtls
-from trio_tls_dtls.offload import CryptoOffload
-from trio_tls_dtls.tls.server import TLSHandler, TLSServer, echo_handler, serve_tls
+from trio_tls_dtls.core.settings import ServerSettings
+from trio_tls_dtls.drivers.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler, serve_dtls
+from trio_tls_dtls.drivers.offload import CryptoOffload
+from trio_tls_dtls.drivers.tls.server import TLSHandler, TLSServer, echo_handler, serve_tls
 
 
 @asynccontextmanager

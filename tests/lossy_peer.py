@@ -1,6 +1,6 @@
 """The workload of the lossy-relay tests, importable and runnable as a program.
 
-The grid in ``tests/test_lossy_grid.py`` imports these coroutines and runs
+The grid in ``tests/service/test_lossy_grid.py`` imports these coroutines and runs
 them in-process; the network-namespace variant runs this module as a
 program inside a namespace (``ip netns exec NS python -m tests.lossy_peer
 ...``) and reads one JSON line from its stdout:

@@ -1,6 +1,6 @@
 """The ``openssl`` command-line tool as a test peer, shared by the interop tests.
 
-``tests/tls/test_interop.py`` and ``tests/dtls/test_interop.py`` both run
+``tests/drivers/tls/test_interop.py`` and ``tests/drivers/dtls/test_interop.py`` both run
 ``openssl s_client`` and ``s_server`` (the system's OpenSSL 3.0) against our
 servers and clients. The rules every helper here keeps:
 

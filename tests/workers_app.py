@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 from trio_tls_dtls import CertificateSettings, ServerSettings
-from trio_tls_dtls.dtls.channel import DTLSChannel
-from trio_tls_dtls.info import PeerInfo
-from trio_tls_dtls.tls.stream import TLSStream
-from trio_tls_dtls.workers import serve_workers
+from trio_tls_dtls.core.peer_info import PeerInfo
+from trio_tls_dtls.drivers.dtls.channel import DTLSChannel
+from trio_tls_dtls.drivers.tls.stream import TLSStream
+from trio_tls_dtls.service.workers import serve_workers
 
 
 async def tls_pid_then_echo(stream: TLSStream, peer: PeerInfo) -> None:

@@ -19,8 +19,8 @@ from trio_tls_dtls import (
     TLSStream,
     open_dtls_channel,
     open_tls_stream,
+    serve,
 )
-from trio_tls_dtls.service import serve
 
 
 async def tls_reverse(stream: TLSStream, peer: PeerInfo) -> None:

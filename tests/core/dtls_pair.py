@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from tests.conftest import PKIFiles
-from trio_tls_dtls.context import build_server_context, client_context
-from trio_tls_dtls.dtls.cookie import CookieSecrets
-from trio_tls_dtls.dtls.records import build_hello_verify_request, parse_client_hello
-from trio_tls_dtls.engine import DTLSEngine
+from trio_tls_dtls.core.contexts import build_server_context, client_context
+from trio_tls_dtls.core.dtls_cookie import CookieSecrets
+from trio_tls_dtls.core.dtls_records import build_hello_verify_request, parse_client_hello
+from trio_tls_dtls.core.engine import DTLSEngine
 
 CLIENT_ADDRESS = ("127.0.0.1", 40000)
 NOW = 1_800_000_000.0

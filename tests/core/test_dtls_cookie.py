@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from tests.conftest import PKIFiles
 from tests.core.dtls_pair import first_client_hello
-from trio_tls_dtls.dtls.cookie import COOKIE_SIZE, CookieSecrets, write_secret_file
-from trio_tls_dtls.dtls.records import ClientHello, parse_client_hello
-from trio_tls_dtls.errors import CookieError
+from trio_tls_dtls.core.dtls_cookie import COOKIE_SIZE, CookieSecrets, write_secret_file
+from trio_tls_dtls.core.dtls_records import ClientHello, parse_client_hello
+from trio_tls_dtls.core.errors import CookieError
 
 ADDRESS = ("192.0.2.7", 5684)
 NOW = 1_800_000_000.0

@@ -6,9 +6,9 @@ import pytest
 
 from tests.conftest import PKIFiles
 from tests.core.dtls_pair import connected_pair, first_client_hello, pump
-from trio_tls_dtls.context import build_server_context
-from trio_tls_dtls.engine import DTLSEngine
-from trio_tls_dtls.errors import DatagramTooLargeError, HandshakeError
+from trio_tls_dtls.core.contexts import build_server_context
+from trio_tls_dtls.core.engine import DTLSEngine
+from trio_tls_dtls.core.errors import DatagramTooLargeError, HandshakeError
 
 
 def test_handshake_and_datagrams(pki: PKIFiles) -> None:

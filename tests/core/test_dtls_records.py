@@ -8,14 +8,14 @@ from hypothesis import strategies as st
 
 from tests.conftest import PKIFiles
 from tests.core.dtls_pair import first_client_hello
-from trio_tls_dtls.dtls.cookie import CookieSecrets
-from trio_tls_dtls.dtls.records import (
+from trio_tls_dtls.core.dtls_cookie import CookieSecrets
+from trio_tls_dtls.core.dtls_records import (
     ClientHello,
     build_hello_verify_request,
     cookie_input,
     parse_client_hello,
 )
-from trio_tls_dtls.errors import RecordParseError
+from trio_tls_dtls.core.errors import RecordParseError
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import os
 import pytest
 
 from tests.conftest import PKIFiles
-from trio_tls_dtls.context import build_client_context, build_server_context, client_context
-from trio_tls_dtls.engine import TLSEngine
-from trio_tls_dtls.errors import HandshakeError, TLSError
+from trio_tls_dtls.core.contexts import build_client_context, build_server_context, client_context
+from trio_tls_dtls.core.engine import TLSEngine
+from trio_tls_dtls.core.errors import HandshakeError, TLSError
 
 
 def transfer(src: TLSEngine, dst: TLSEngine) -> int:
@@ -209,7 +209,7 @@ def test_mutual_tls_rejects_certificate_from_another_ca(pki: PKIFiles, other_pki
     server = TLSEngine.server(build_server_context(pki.mtls_server_settings()))
     settings = pki.client_settings()
     # Trusts our server, but presents a certificate signed by another CA.
-    from trio_tls_dtls.config import CertificateSettings
+    from trio_tls_dtls.core.settings import CertificateSettings
 
     foreign = CertificateSettings(other_pki.client_cert, other_pki.client_key)
     client_ctx = build_client_context(type(settings)(ca_file=pki.ca, certificate=foreign))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_tls_dtls.limits import SourceLimits, source_key
+from trio_tls_dtls.core.source_limits import SourceLimits, source_key
 
 HOST = "192.0.2.1"
 

@@ -1,0 +1,266 @@
+"""Settings → pyOpenSSL ``Context``, built completely once and then shared.
+
+A pyOpenSSL Context is frozen the moment it makes its first Connection
+(pyOpenSSL 25+ raises if it is changed afterwards, and older versions race).
+So every option, callback and certificate goes in here, up front, and the
+drivers only ever read the result. Per-connection choices (the host name a
+client expects, the session it resumes) live on the Connection instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from OpenSSL import SSL
+
+from .errors import ConfigError
+from .ocsp import OCSPChecker, Stapler, load_staple
+from .pem_files import LoadedCertificate, load_ca_file, load_certificate
+from .settings import (
+    CertificateSettings,
+    ClientSettings,
+    ServerSettings,
+    TLSVersion,
+    VerifyClient,
+)
+
+__all__ = [
+    "DTLS1_2_VERSION",
+    "KeyLog",
+    "build_client_context",
+    "build_server_context",
+    "client_context",
+]
+
+logger = logging.getLogger(__name__)
+
+# pyOpenSSL exports the TLS version constants but not DTLS's.
+DTLS1_2_VERSION = 0xFEFD
+
+_TLS_VERSIONS: dict[TLSVersion, int] = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+
+# Compression (CRIME) and renegotiation (a DoS lever, and a source of
+# surprise mid-stream) are off everywhere.
+_COMMON_OPTIONS = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+
+# Session IDs and tickets are only valid within this context id; OpenSSL
+# refuses to resume a session on a server that verifies clients unless one is
+# set.
+_SESSION_ID_CONTEXT = b"trio-tlsd"
+
+
+class KeyLog:
+    """Appends TLS secrets in the SSLKEYLOGFILE format (for Wireshark).
+
+    OpenSSL calls this from whichever thread runs the handshake. Each line is
+    one ``write(2)`` on an unbuffered ``O_APPEND`` descriptor, which the
+    kernel appends whole, so concurrent handshakes never interleave within a
+    line and no lock is needed (the core holds no threading primitives).
+    The file is created 0600: it decrypts the traffic.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot open key log file {path}: {exc.strerror}") from None
+        self._file = os.fdopen(fd, "ab", buffering=0)
+
+    def __call__(self, conn: SSL.Connection, line: bytes) -> None:
+        self._file.write(line + b"\n")
+
+
+def _new_context(dtls: bool, min_version: TLSVersion, max_version: TLSVersion) -> SSL.Context:
+    if dtls:
+        # Pinned to DTLS 1.2: OpenSSL 4.1 adds DTLS 1.3, whose server-side
+        # listen API pyOpenSSL does not expose, and DTLS 1.0 is obsolete.
+        ctx = SSL.Context(SSL.DTLS_METHOD)
+        ctx.set_min_proto_version(DTLS1_2_VERSION)
+        ctx.set_max_proto_version(DTLS1_2_VERSION)
+        # Memory BIOs have no path MTU to query: the MTU is set per
+        # connection from settings instead.
+        ctx.set_options(SSL.OP_NO_QUERY_MTU)
+    else:
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_min_proto_version(_TLS_VERSIONS[min_version])
+        ctx.set_max_proto_version(_TLS_VERSIONS[max_version])
+    ctx.set_options(_COMMON_OPTIONS)
+    # Give the 34 KiB of read/write buffers back to the allocator whenever a
+    # connection is idle: most connections are idle most of the time.
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    return ctx
+
+
+def _set_ciphers(ctx: SSL.Context, ciphers: str) -> None:
+    try:
+        ctx.set_cipher_list(ciphers.encode())
+    except SSL.Error:
+        raise ConfigError(f"ciphers: OpenSSL accepts none of {ciphers!r}") from None
+
+
+def _use_certificate(ctx: SSL.Context, loaded: LoadedCertificate) -> None:
+    ctx.use_certificate(loaded.leaf)
+    for extra in loaded.chain[1:]:
+        ctx.add_extra_chain_cert(extra)
+    ctx.use_privatekey(loaded.key)  # type: ignore[arg-type]
+    ctx.check_privatekey()
+
+
+def _load_verify_file(ctx: SSL.Context, ca_file: Path) -> None:
+    load_ca_file(ca_file)  # clear errors for a missing or malformed file
+    ctx.load_verify_locations(os.fsencode(ca_file))
+
+
+def _alpn_selector(server_protocols: Sequence[str]) -> SSL._ALPNSelectCallback:
+    offered = [p.encode() for p in server_protocols]
+
+    def select(conn: SSL.Connection, client_protocols: list[bytes]) -> bytes:
+        for proto in offered:
+            if proto in client_protocols:
+                return proto
+        # No overlap: carry on without ALPN rather than abort; the
+        # application can see that none was negotiated.
+        return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
+
+    return select
+
+
+def _server_context_for(
+    settings: ServerSettings, cert: CertificateSettings, dtls: bool, keylog: KeyLog | None
+) -> SSL.Context:
+    ctx = _new_context(dtls, settings.min_version, settings.max_version)
+    ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
+    _set_ciphers(ctx, settings.ciphers)
+    loaded = load_certificate(cert.cert_file, cert.key_file, cert.key_password)
+    _use_certificate(ctx, loaded)
+    if cert.ocsp_staple_file is not None:
+        # Read now, with the certificate: a reload rebuilds the context and
+        # so picks up a refreshed staple file.
+        ctx.set_ocsp_server_callback(Stapler(load_staple(cert.ocsp_staple_file, loaded.leaf)))
+    ctx.set_session_id(_SESSION_ID_CONTEXT)
+    if not settings.session_tickets:
+        ctx.set_options(SSL.OP_NO_TICKET)
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    if settings.verify_client is not VerifyClient.NONE:
+        assert settings.ca_file is not None  # ServerSettings enforces it
+        _load_verify_file(ctx, settings.ca_file)
+        ctx.load_client_ca(os.fsencode(settings.ca_file))
+        mode = SSL.VERIFY_PEER
+        if settings.verify_client is VerifyClient.REQUIRED:
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        ctx.set_verify(mode)
+    if settings.alpn:
+        ctx.set_alpn_select_callback(_alpn_selector(settings.alpn))
+    if keylog is not None:
+        ctx.set_keylog_callback(keylog)
+    if dtls:
+        _accept_prechecked_cookies(ctx)
+    return ctx
+
+
+def _cookie_already_checked(conn: SSL.Connection, cookie: bytes) -> bool:
+    return True
+
+
+def _no_cookie_from_openssl(conn: SSL.Connection) -> bytes:
+    # Never reached in practice: HelloVerifyRequests are ours (dtls/cookie.py).
+    return b"\x00" * 16
+
+
+def _accept_prechecked_cookies(ctx: SSL.Context) -> None:
+    """Let DTLSv1_listen accept the ClientHellos our endpoint hands it.
+
+    The endpoint verifies the cookie itself (stateless HMAC, before any
+    per-peer state exists) and only then makes a Connection and calls
+    DTLSv1_listen on it, which needs these callbacks to exist. Accepting
+    every cookie here is safe only because of that order: nothing else ever
+    calls DTLSv1_listen on these contexts.
+    """
+    ctx.set_cookie_generate_callback(_no_cookie_from_openssl)
+    ctx.set_cookie_verify_callback(_cookie_already_checked)
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == name
+
+
+class _SNISelector:
+    """Switches a connection to the context whose certificate names the server."""
+
+    def __init__(self, choices: list[tuple[tuple[str, ...], SSL.Context]]) -> None:
+        self._choices = choices
+
+    def __call__(self, conn: SSL.Connection) -> None:
+        raw = conn.get_servername()
+        if raw is None:
+            return
+        name = raw.decode("ascii", "replace").lower().rstrip(".")
+        for patterns, ctx in self._choices:
+            if any(_name_matches(p, name) for p in patterns):
+                conn.set_context(ctx)
+                return
+
+
+def build_server_context(settings: ServerSettings, *, dtls: bool = False) -> SSL.Context:
+    """A complete server Context for *settings* (TLS, or DTLS 1.2 with ``dtls``).
+
+    Raises ConfigError naming the file or setting at fault.
+    """
+    keylog = KeyLog(settings.keylog_file) if settings.keylog_file else None
+    default = _server_context_for(settings, settings.certificate, dtls, keylog)
+    if settings.sni_certificates:
+        choices = [
+            (sni.server_names, _server_context_for(settings, sni, dtls, keylog))
+            for sni in settings.sni_certificates
+        ]
+        default.set_tlsext_servername_callback(_SNISelector(choices))
+    return default
+
+
+def build_client_context(settings: ClientSettings, *, dtls: bool = False) -> SSL.Context:
+    """A complete client Context for *settings*. Host names are checked per connection."""
+    ctx = _new_context(dtls, settings.min_version, settings.max_version)
+    _set_ciphers(ctx, settings.ciphers)
+    if settings.verify:
+        if settings.ca_file is not None:
+            _load_verify_file(ctx, settings.ca_file)
+        else:
+            ctx.set_default_verify_paths()
+        ctx.set_verify(SSL.VERIFY_PEER)
+    else:
+        ctx.set_verify(SSL.VERIFY_NONE)
+    if settings.certificate is not None:
+        cert = settings.certificate
+        _use_certificate(ctx, load_certificate(cert.cert_file, cert.key_file, cert.key_password))
+    if settings.alpn:
+        ctx.set_alpn_protos([p.encode() for p in settings.alpn])
+    if settings.keylog_file is not None:
+        ctx.set_keylog_callback(KeyLog(settings.keylog_file))
+    if settings.request_ocsp:
+        # The request itself is per connection (see tls/client.py); the check
+        # is this context-wide callback, which records a verdict per connection.
+        ctx.set_ocsp_client_callback(OCSPChecker(require=settings.require_ocsp))
+    return ctx
+
+
+def client_context(settings: ClientSettings, *, dtls: bool = False) -> SSL.Context:
+    """The shared client Context for this *settings* object, built on first use.
+
+    One settings object serves any number of connections: they all share
+    this read-only Context, and a session from one resumes on another.
+    """
+    key = "dtls" if dtls else "tls"
+    ctx = settings._contexts.get(key)
+    if ctx is None:
+        # Two threads racing here may both build one; setdefault (atomic on
+        # a dict) keeps the first, so every caller still shares one Context.
+        ctx = settings._contexts.setdefault(key, build_client_context(settings, dtls=dtls))
+    assert isinstance(ctx, SSL.Context)
+    return ctx

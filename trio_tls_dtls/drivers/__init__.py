@@ -1,0 +1,31 @@
+"""Trio drivers: sockets, deadlines, cancellation and the crypto offload.
+
+What lives here
+---------------
+* :class:`~.tls.stream.TLSStream` (a ``trio.abc.Stream``) and
+  :class:`~.dtls.channel.DTLSChannel` (a ``trio.abc.Channel[bytes]``), each a
+  thin loop around a core engine.
+* The servers: the TLS accept loop and the DTLS endpoint, which carries out
+  what the core's cookie gate decides for each datagram.
+* The clients (``open_tls_stream``, ``open_dtls_channel``), the listeners.
+* The offload: which engine calls run in a worker thread.
+
+What may be imported
+--------------------
+trio, sockets, threads, and :mod:`trio_tls_dtls.core`. Never the service or
+the CLI (import-linter enforces it). No protocol decisions are made here:
+the drivers move bytes, keep time and run the handler.
+
+Invariants kept here
+--------------------
+* One SSL object, one thread at a time: every engine call goes through the
+  owning stream's or channel's engine lock, and an offloaded call is awaited
+  (never abandoned on cancellation) before the next one starts.
+* Every wait on the network has a deadline: the handshake (``fail_after``),
+  idleness (the connection's own cancel scope), the goodbye after the handler.
+* A cancelled send never duplicates bytes: once data has entered the engine,
+  a cancellation marks the sending side broken rather than let a retry
+  encrypt it twice.
+* A failure in one connection or peer is caught, counted and logged in its
+  own task; only cancellation reaches the server's nursery.
+"""

@@ -1,0 +1,1 @@
+"""The DTLS drivers: see :mod:`trio_tls_dtls.drivers`."""

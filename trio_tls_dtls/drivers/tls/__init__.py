@@ -1,0 +1,1 @@
+"""The TLS drivers: see :mod:`trio_tls_dtls.drivers`."""

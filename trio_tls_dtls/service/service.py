@@ -1,0 +1,247 @@
+"""The service: a TLS listener and a DTLS endpoint on one port number, in one nursery.
+
+:class:`Service` binds first (so a port in use is a plain
+:class:`~trio_tls_dtls.core.errors.ListenError` before anything runs) and then
+runs each listener as a child of one nursery, each reporting readiness
+through ``task_status.started()``. A failure inside one connection or peer
+never reaches the nursery: the servers catch it per task. Either listener can
+be left out.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import trio
+from OpenSSL import SSL
+
+from ..core.contexts import build_server_context
+from ..core.dtls_cookie import CookieSecrets
+from ..core.errors import ConfigError, ListenError, TLSDError
+from ..core.peer_info import Address, format_address
+from ..core.settings import ServerSettings
+from ..drivers.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler, open_udp_sockets
+from ..drivers.listeners import normalize_address, open_tcp_listeners
+from ..drivers.offload import CryptoOffload
+from ..drivers.tls.server import TLSHandler, TLSServer, echo_handler
+
+__all__ = ["Service", "serve"]
+
+logger = logging.getLogger(__name__)
+
+# With port 0, the kernel picks the TCP port; the UDP socket then asks for the
+# same number, which another program may hold. Try a few times.
+_EPHEMERAL_ATTEMPTS = 20
+
+
+class Service:
+    """TLS over TCP and DTLS over UDP, side by side; see :func:`serve`."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        tls: bool = True,
+        dtls: bool = True,
+        tls_handler: TLSHandler = echo_handler,
+        dtls_handler: DTLSHandler = dtls_echo_handler,
+        tls_context: SSL.Context | None = None,
+        dtls_context: SSL.Context | None = None,
+        offload: CryptoOffload | None = None,
+        cookies: CookieSecrets | None = None,
+    ) -> None:
+        if not (tls or dtls):
+            raise ConfigError("nothing to serve: enable TLS, DTLS or both")
+        self.settings = settings
+        self.offload = offload if offload is not None else CryptoOffload(settings.offload)
+        self.tls: TLSServer | None = None
+        self.dtls: DTLSServer | None = None
+        if tls:
+            self.tls = TLSServer(tls_handler, settings, context=tls_context, offload=self.offload)
+        if dtls:
+            self.dtls = DTLSServer(
+                dtls_handler, settings, context=dtls_context, offload=self.offload, cookies=cookies
+            )
+        self._listeners: list[trio.SocketListener] = []
+        self._sockets: list[trio.socket.SocketType] = []
+        self.tls_addresses: list[Address] = []
+        self.dtls_addresses: list[Address] = []
+        self.reloads = 0
+        self.reloads_failed = 0
+        self._reuse_port = False
+
+    @property
+    def port(self) -> int:
+        """The port number both listeners share (after :meth:`bind`)."""
+        if not self.addresses:
+            raise RuntimeError("the service is not bound yet")
+        return self.addresses[0][1]
+
+    @property
+    def addresses(self) -> list[Address]:
+        """Every bound address, TCP first (after :meth:`bind`)."""
+        return self.tls_addresses + self.dtls_addresses
+
+    def describe(self) -> str:
+        parts = []
+        if self.tls_addresses:
+            parts.append("TLS on tcp " + ", ".join(map(format_address, self.tls_addresses)))
+        if self.dtls_addresses:
+            parts.append("DTLS on udp " + ", ".join(map(format_address, self.dtls_addresses)))
+        return "; ".join(parts)
+
+    async def bind(
+        self,
+        port: int,
+        host: str | None,
+        *,
+        reuse_port: bool = False,
+        after_bind: Callable[[], object] | None = None,
+    ) -> None:
+        """Open every socket; raises ListenError naming the port and protocol.
+
+        *reuse_port* sets SO_REUSEPORT on every socket, for workers sharing a port.
+        *after_bind* is called once every socket is open and before anything
+        is accepted or read: the place to drop root privileges (see
+        :func:`trio_tls_dtls.service.privileges.drop_privileges`). If it raises, the
+        sockets are closed and the exception propagates.
+        """
+        self._reuse_port = reuse_port
+        await self._bind(port, host)
+        self.tls_addresses = [normalize_address(x.socket.getsockname()) for x in self._listeners]
+        self.dtls_addresses = [normalize_address(s.getsockname()) for s in self._sockets]
+        if after_bind is not None:
+            try:
+                after_bind()
+            except BaseException:
+                await _close_all(self._listeners)
+                for sock in self._sockets:
+                    sock.close()
+                self._listeners, self._sockets = [], []
+                raise
+
+    async def _bind(self, port: int, host: str | None) -> None:
+        if self.tls is None:
+            self._sockets = await open_udp_sockets(port, host, reuse_port=self._reuse_port)
+            return
+        for _ in range(_EPHEMERAL_ATTEMPTS):
+            self._listeners = await open_tcp_listeners(port, host, reuse_port=self._reuse_port)
+            if self.dtls is None:
+                return
+            chosen = int(self._listeners[0].socket.getsockname()[1])
+            try:
+                self._sockets = await open_udp_sockets(chosen, host, reuse_port=self._reuse_port)
+                return
+            except ListenError as exc:
+                await _close_all(self._listeners)
+                self._listeners = []
+                if port != 0 or exc.errno != errno.EADDRINUSE:
+                    raise
+        raise ListenError(  # pragma: no cover - 20 busy UDP ports in a row
+            f"could not find a free port for both TCP and UDP on {host}", errno=errno.EADDRINUSE
+        )
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Serve on the bound sockets until cancelled; they are closed on the way out."""
+        if not (self._listeners or self._sockets):
+            raise RuntimeError("call bind() before run()")
+        async with trio.open_nursery() as nursery:
+            if self.tls is not None:
+                await nursery.start(self.tls.serve, self._listeners)
+            if self.dtls is not None:
+                await nursery.start(self.dtls.serve, self._sockets)
+            task_status.started(self)
+            await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def reload(self) -> bool:
+        """Re-read certificates and keys from disk for new handshakes.
+
+        Established connections and peers keep the session they have. If a
+        file is missing or bad, the old certificates stay in use, the reason
+        is logged, and this returns False.
+        """
+        try:
+            tls = build_server_context(self.settings) if self.tls is not None else None
+            dtls = build_server_context(self.settings, dtls=True) if self.dtls is not None else None
+        except TLSDError as exc:
+            self.reloads_failed += 1
+            logger.error("reload failed, keeping the old certificates: %s", exc)
+            return False
+        if self.tls is not None and tls is not None:
+            self.tls.context = tls
+        if self.dtls is not None and dtls is not None:
+            self.dtls.context = dtls
+        self.reloads += 1
+        logger.info("reloaded certificates and keys from disk")
+        return True
+
+    async def drain(self) -> None:
+        """Stop taking new connections and peers, close_notify everyone, wait for handlers.
+
+        Bound it with ``trio.move_on_after(settings.drain_timeout)``;
+        :meth:`open_count` then says how many were still open, and
+        cancelling :meth:`run` cuts them.
+        """
+        async with trio.open_nursery() as nursery:
+            if self.tls is not None:
+                nursery.start_soon(self.tls.drain)
+            if self.dtls is not None:
+                nursery.start_soon(self.dtls.drain)
+
+    def open_count(self) -> int:
+        """TLS connections plus DTLS peers open right now."""
+        tls = self.tls.stats.active if self.tls is not None else 0
+        dtls = self.dtls.stats.peers_active if self.dtls is not None else 0
+        return tls + dtls
+
+    def summary(self) -> str:
+        """One line: what was served."""
+        parts = []
+        if self.tls is not None:
+            s = self.tls.stats
+            parts.append(
+                f"TLS: {s.accepted} connections, {s.handshakes_ok} handshakes ok, "
+                f"{sum(s.handshakes_failed.values())} failed"
+            )
+        if self.dtls is not None:
+            d = self.dtls.stats
+            parts.append(
+                f"DTLS: {d.peers_total} peers, {d.handshakes_ok} handshakes ok, "
+                f"{sum(d.handshakes_failed.values())} failed"
+            )
+        return "; ".join(parts)
+
+
+async def _close_all(listeners: Sequence[trio.SocketListener]) -> None:
+    for listener in listeners:
+        await listener.aclose()
+
+
+async def serve(
+    settings: ServerSettings,
+    port: int,
+    *,
+    host: str | None = None,
+    tls_handler: TLSHandler = echo_handler,
+    dtls_handler: DTLSHandler = dtls_echo_handler,
+    tls: bool = True,
+    dtls: bool = True,
+    task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve TLS on TCP and DTLS on UDP *port* (the same number) until cancelled.
+
+    ``await nursery.start(serve, settings, 0)`` returns the running
+    :class:`Service`; its ``port`` is the one chosen. Handlers default to
+    echo. ``tls=False`` or ``dtls=False`` runs one listener only.
+    """
+    service = Service(
+        settings, tls=tls, dtls=dtls, tls_handler=tls_handler, dtls_handler=dtls_handler
+    )
+    await service.bind(port, host)
+    await service.run(task_status=task_status)

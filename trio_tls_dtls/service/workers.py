@@ -1,0 +1,425 @@
+"""Several worker processes on one port, supervised by a parent (``serve --workers N``).
+
+The parent never runs Trio. It calls *prepare* (which builds the SSL
+contexts and the DTLS cookie secret), then forks the workers; each worker
+binds the TCP and UDP ports itself with SO_REUSEPORT and runs the ordinary
+service. Because the contexts were built before the fork, every worker holds
+the same session-ticket keys (OpenSSL makes them when a context is created)
+and the same cookie secret: a session resumes, and a cookie verifies,
+whichever worker the kernel hands the next connection or datagram to.
+
+The parent:
+
+* restarts a worker that dies unexpectedly, from the same prepared state (so
+  the keys stay shared), after a backoff that doubles with each restart in
+  the last ``restart_window`` seconds (``restart_backoff`` up to
+  ``max_backoff``), and at most ``max_restarts`` times per window; beyond
+  that it stops everything and exits 1 rather than spin in a crash loop.
+  Signals are still handled while a restart waits;
+* on SIGINT/SIGTERM sends SIGTERM to every worker (each drains as a single
+  process does), waits for them, and exits 0 if they all drained; a second
+  signal is passed on as well (each worker then stops at once) and the
+  exit status is 1;
+* on SIGHUP calls *prepare* again (new certificates, new ticket keys, the
+  same cookie secret if it comes from a file), starts a new generation of
+  workers from it and drains the old one. If *prepare* fails (a bad file),
+  the running workers are kept and the reason is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar, cast
+
+import trio
+from OpenSSL import SSL
+
+from ..core.contexts import build_server_context
+from ..core.dtls_cookie import CookieSecrets
+from ..core.errors import ConfigError, TLSDError
+from ..core.settings import ServerSettings
+from ..drivers.dtls.server import DTLSHandler, cookie_secrets_for, dtls_echo_handler
+from ..drivers.tls.server import TLSHandler, echo_handler
+from .service import Service
+
+__all__ = [
+    "SharedState",
+    "Supervisor",
+    "restart_delay",
+    "serve_workers",
+    "shared_state_factory",
+    "worker_count",
+]
+
+logger = logging.getLogger(__name__)
+
+P = TypeVar("P")
+
+_Mask = set[int | signal.Signals]
+_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
+_POLL = 0.5
+
+
+def worker_count(value: int | str) -> int:
+    """``auto`` (the CPU count) or a positive integer; a ConfigError otherwise."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f'workers must be a positive integer or "auto", not {value!r}')
+    return value
+
+
+@dataclass
+class _Worker:
+    index: int
+    generation: int
+    pid: int
+
+
+@dataclass
+class Supervisor(Generic[P]):
+    """Runs *count* workers; see the module docstring.
+
+    *prepare* runs in the parent (at start and on SIGHUP) and returns the
+    state every worker inherits; *run_worker(index, state)* runs in each
+    forked child and returns its exit status.
+    """
+
+    count: int
+    prepare: Callable[[], P]
+    run_worker: Callable[[int, P], int]
+    max_restarts: int = 10
+    restart_window: float = 60.0
+    restart_backoff: float = 0.1
+    """Delay before the first restart in a window; doubled for each later one."""
+    max_backoff: float = 5.0
+    restarts: int = 0
+    """Workers restarted after an unexpected exit so far."""
+    _workers: dict[int, _Worker] = field(default_factory=dict)
+    _restart_times: deque[float] = field(default_factory=deque)
+    _pending: dict[int, float] = field(default_factory=dict)  # index -> when to restart
+    _generation: int = 0
+    _state: P | None = None
+
+    def run(self) -> int:
+        """Start the workers and supervise them until they have all stopped; the exit status."""
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            return self._supervise(old_mask)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    @property
+    def pids(self) -> list[int]:
+        """The workers' process IDs, by worker index."""
+        return [w.pid for w in sorted(self._workers.values(), key=lambda w: w.index)]
+
+    # -- the parent's loop ---------------------------------------------------------
+
+    def _supervise(self, old_mask: _Mask) -> int:
+        self._state = self.prepare()
+        for index in range(self.count):
+            self._spawn(index, old_mask)
+        logger.info("started %d workers: pids %s", self.count, self.pids)
+        stopping = forced = False
+        failed = False
+        while self._workers or (self._pending and not stopping):
+            info = signal.sigtimedwait(_SIGNALS, self._wait_time())
+            signum = info.si_signo if info is not None else None
+            for worker, status in self._reap():
+                current = worker.generation == self._generation
+                if stopping or not current:
+                    failed = failed or (stopping and current and status != 0)
+                    continue
+                delay = self._restart_delay()
+                if delay is None:
+                    logger.error(
+                        "worker %d (pid %d) exited unexpectedly (%s); %d restarts within %gs:"
+                        " giving up, stopping all workers",
+                        worker.index,
+                        worker.pid,
+                        _describe_status(status),
+                        self.max_restarts,
+                        self.restart_window,
+                    )
+                    stopping = failed = True
+                    self._pending.clear()
+                    self._signal_all(signal.SIGTERM)
+                    continue
+                logger.error(
+                    "worker %d (pid %d) exited unexpectedly (%s): restarting in %.2fs",
+                    worker.index,
+                    worker.pid,
+                    _describe_status(status),
+                    delay,
+                )
+                self._pending[worker.index] = time.monotonic() + delay
+            if not stopping:
+                self._restart_due(old_mask)
+            if signum in (signal.SIGINT, signal.SIGTERM):
+                name = signal.Signals(signum).name
+                if stopping:
+                    logger.warning("%s received again: stopping the workers now", name)
+                    forced = True
+                else:
+                    logger.info("%s received: draining %d workers", name, len(self._workers))
+                    stopping = True
+                    self._pending.clear()  # a worker waiting to restart stays down
+                self._signal_all(signal.SIGTERM)
+            elif signum == signal.SIGHUP and not stopping:
+                self._reload(old_mask)
+        return 1 if forced or failed else 0
+
+    def _spawn(self, index: int, old_mask: _Mask) -> None:
+        state = cast(P, self._state)  # set by prepare() before any spawn; P may be None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                # Its own process group: a Ctrl-C on the terminal (SIGINT to the
+                # foreground group) reaches the parent only, which passes one
+                # SIGTERM on. Were the worker to get both, it would take the
+                # second for "stop now" and skip the drain.
+                os.setpgid(0, 0)
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                status = self.run_worker(index, state)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        self._workers[pid] = _Worker(index, self._generation, pid)
+
+    def _reap(self) -> list[tuple[_Worker, int]]:
+        ended = []
+        while self._workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            worker = self._workers.pop(pid, None)
+            if worker is not None:
+                ended.append((worker, os.waitstatus_to_exitcode(status)))
+        return ended
+
+    def _restart_delay(self) -> float | None:
+        """Record a restart; how long to wait before it, or None past the cap."""
+        now = time.monotonic()
+        times = self._restart_times
+        while times and now - times[0] > self.restart_window:
+            times.popleft()
+        if len(times) >= self.max_restarts:
+            return None
+        delay = restart_delay(len(times), self.restart_backoff, self.max_backoff)
+        times.append(now)
+        return delay
+
+    def _restart_due(self, old_mask: _Mask) -> None:
+        now = time.monotonic()
+        for index, when in sorted(self._pending.items()):
+            if when <= now:
+                del self._pending[index]
+                self.restarts += 1
+                self._spawn(index, old_mask)
+                logger.info("worker %d restarted: pid %d", index, self._pid_of(index))
+
+    def _wait_time(self) -> float:
+        if not self._pending:
+            return _POLL
+        soonest = min(self._pending.values()) - time.monotonic()
+        return min(_POLL, max(soonest, 0.001))
+
+    def _pid_of(self, index: int) -> int:
+        return max(
+            (w for w in self._workers.values() if w.index == index),
+            key=lambda w: w.generation,
+        ).pid
+
+    def _signal_all(self, signum: signal.Signals) -> None:
+        for pid in list(self._workers):
+            _kill(pid, signum)
+
+    def _reload(self, old_mask: _Mask) -> None:
+        try:
+            state = self.prepare()
+        except TLSDError as exc:
+            logger.error("reload failed, keeping the running workers: %s", exc)
+            return
+        old = list(self._workers.values())
+        self._pending.clear()  # the new generation starts every index
+        self._state = state
+        self._generation += 1
+        for index in range(self.count):
+            self._spawn(index, old_mask)
+        for worker in old:
+            _kill(worker.pid, signal.SIGTERM)
+        logger.info(
+            "reloaded: new workers %s started, old workers %s draining",
+            self.pids_of(self._generation),
+            [w.pid for w in old],
+        )
+
+    def pids_of(self, generation: int) -> list[int]:
+        """The process IDs of the workers of *generation* still running."""
+        return [w.pid for w in self._workers.values() if w.generation == generation]
+
+
+def restart_delay(recent: int, base: float, cap: float) -> float:
+    """The backoff before a restart when *recent* restarts happened in the window.
+
+    0 recent restarts: *base*; each one more doubles it, up to *cap*.
+    """
+    return float(min(cap, base * 2 ** min(recent, 30)))
+
+
+def _kill(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it has just exited
+        os.kill(pid, signum)
+
+
+def _describe_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+# -- what the workers share, and a library entry point ---------------------------
+
+
+@dataclass(frozen=True)
+class SharedState:
+    """What every worker inherits from the parent: one set of keys for all.
+
+    The contexts carry the session-ticket keys OpenSSL made when they were
+    created; *cookies* is the DTLS cookie secret.
+    """
+
+    tls: SSL.Context | None
+    dtls: SSL.Context | None
+    cookies: CookieSecrets | None
+
+
+def shared_state_factory(
+    settings: ServerSettings, *, tls: bool = True, dtls: bool = True
+) -> Callable[[], SharedState]:
+    """A *prepare* function for :class:`Supervisor`, to run in the parent.
+
+    Each call builds new contexts (so new ticket keys) from the files in
+    *settings*. The cookie secret is read from ``settings.cookie_secret_file``
+    on each call when one is set; otherwise one random secret is made now,
+    once, and every call (every reload) returns that same secret.
+    """
+    random_cookies = None
+    if dtls and settings.cookie_secret_file is None:
+        random_cookies = cookie_secrets_for(settings)
+
+    def prepare() -> SharedState:
+        cookies = random_cookies
+        if dtls and settings.cookie_secret_file is not None:
+            cookies = cookie_secrets_for(settings)
+        return SharedState(
+            tls=build_server_context(settings) if tls else None,
+            dtls=build_server_context(settings, dtls=True) if dtls else None,
+            cookies=cookies,
+        )
+
+    return prepare
+
+
+def serve_workers(
+    settings: ServerSettings,
+    port: int,
+    *,
+    count: int,
+    host: str | None = None,
+    tls: bool = True,
+    dtls: bool = True,
+    tls_handler: TLSHandler = echo_handler,
+    dtls_handler: DTLSHandler = dtls_echo_handler,
+    max_restarts: int = 10,
+    restart_window: float = 60.0,
+) -> int:
+    """Serve on *port* from *count* supervised worker processes; the exit status.
+
+    The library form of ``trio-tlsd serve --workers``, with your handlers:
+    call it from plain Python (never inside ``trio.run``: it forks). It
+    returns when SIGINT/SIGTERM has drained every worker (0), or after a
+    second signal or too many crashes (1). Each worker prints
+    ``trio-tlsd: worker K (pid P): serving ...`` when it is bound, and a
+    summary line when it stops. *port* must not be 0.
+    """
+    if port == 0:
+        raise ConfigError("serve_workers needs a fixed port (with port 0 each would get its own)")
+    count = worker_count(count)
+
+    def run_worker(index: int, shared: SharedState) -> int:
+        service = Service(
+            settings,
+            tls=tls,
+            dtls=dtls,
+            tls_handler=tls_handler,
+            dtls_handler=dtls_handler,
+            tls_context=shared.tls,
+            dtls_context=shared.dtls,
+            cookies=shared.cookies,
+        )
+        return trio.run(_serve_one_worker, service, port, host, index)
+
+    supervisor = Supervisor(
+        count,
+        shared_state_factory(settings, tls=tls, dtls=dtls),
+        run_worker,
+        max_restarts=max_restarts,
+        restart_window=restart_window,
+    )
+    status = supervisor.run()
+    print(
+        f"trio-tlsd: all workers stopped ({supervisor.restarts} restarted after a crash)",
+        file=sys.stderr,
+    )
+    return status
+
+
+async def _serve_one_worker(service: Service, port: int, host: str | None, index: int) -> int:
+    """One worker of :func:`serve_workers`: serve, drain on a signal, stop on a second."""
+    await service.bind(port, host, reuse_port=True)
+    who = f"trio-tlsd: worker {index} (pid {os.getpid()})"
+    forced = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            print(f"{who}: serving {service.describe()}", file=sys.stderr, flush=True)
+            draining = False
+            async for _ in signals:
+                if draining:
+                    forced = True
+                    nursery.cancel_scope.cancel()
+                    break
+                draining = True
+                nursery.start_soon(_drain_then_cancel, service, nursery.cancel_scope)
+    how = "stopped at once by a second signal" if forced else "drained"
+    print(f"{who}: {how}: {service.summary()}", file=sys.stderr, flush=True)
+    return 1 if forced else 0
+
+
+async def _drain_then_cancel(service: Service, scope: trio.CancelScope) -> None:
+    with trio.move_on_after(service.settings.drain_timeout):
+        await service.drain()
+    scope.cancel()
