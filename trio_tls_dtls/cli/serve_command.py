@@ -8,7 +8,9 @@ serving process does from then on (bind, drop root, serve, drain on a
 signal, the summary line and exit status) is the service layer's
 :func:`~trio_tls_dtls.service.serving_process.serve_process`, shared with
 every worker; this module adds the CLI's banner, metrics endpoint and
-``openssl s_client`` hints through its ``on_serving`` hook.
+``openssl s_client`` hints through its ``on_serving`` hook. Every port,
+the metrics port included, is bound before anything is served, so a port in
+use is one line (exit status 2) like any other bad input.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from ..core.errors import ConfigError
 from ..core.peer_info import format_address
 from ..core.settings import ServerSettings, VerifyClient
 from ..service.log_format import make_formatter, status_line
-from ..service.metrics import serve_metrics
 from ..service.privileges import drop_privileges
 from ..service.service import Service
 from ..service.serving_process import ProcessHooks, Serving, serve_process
@@ -57,7 +58,16 @@ def run(args: argparse.Namespace) -> int:
     service = Service(
         settings, tls="tls" in protocols, dtls="dtls" in protocols, **handlers_from(options)
     )
-    return trio.run(partial(serve_process, service, options["port"], options["host"], hooks=hooks))
+    run_process = partial(
+        serve_process,
+        service,
+        options["port"],
+        options["host"],
+        hooks=hooks,
+        metrics_port=options["metrics_port"],
+        metrics_host=options["metrics_host"],
+    )
+    return trio.run(run_process)
 
 
 def _run_workers(
@@ -82,6 +92,8 @@ def _run_workers(
         tls="tls" in options["protocols"],
         dtls="dtls" in options["protocols"],
         hooks=hooks,
+        metrics_port=metrics_port,
+        metrics_host=options["metrics_host"],
         **handlers_from(options),
     )
 
@@ -89,15 +101,8 @@ def _run_workers(
 async def _announce(options: dict[str, Any], dev: bool, serving: Serving) -> None:
     """The on_serving hook: metrics, then the banner and what a user needs to connect."""
     service = serving.service
-    if options["metrics_port"] is not None:
-        # One metrics port per process: worker k serves on P + k.
-        wanted = options["metrics_port"] + (serving.worker or 0)
-        metrics_port = await serving.nursery.start(
-            partial(serve_metrics, service, wanted, host=options["metrics_host"])
-        )
-        logger.info(
-            "metrics at http://%s/metrics", format_address((options["metrics_host"], metrics_port))
-        )
+    if serving.metrics_address is not None:  # one port per process: worker k's is P + k
+        logger.info("metrics at http://%s/metrics", format_address(serving.metrics_address))
     print(
         status_line(f"{serving.who}: serving {_what(options, service)}: {service.describe()}"),
         file=sys.stderr,

@@ -93,6 +93,8 @@ class GracefulStop:
         self.requests = StopRequests()
         self.still_open = 0
         """Connections and peers still open when the service was cut."""
+        self.drain_started = trio.Event()
+        """Set when the first stop request starts the drain."""
         self._log = log
 
     @property
@@ -106,10 +108,10 @@ class GracefulStop:
 
     def on_signal(self, signum: int) -> None:
         """Act on *signum* by :data:`~trio_tls_dtls.service.signals.SIGNAL_MEANINGS`."""
-        self._act(self.requests.on_signal(signum), signal.Signals(signum).name)
+        self._act(self.requests.on_signal(signum), f"{signal.Signals(signum).name} received")
 
     def stop(self, cause: str) -> None:
-        """A stop request from *cause* (named in the log line): drain, or stop now if draining."""
+        """A stop request from *cause* (it opens the log line): drain, or stop now if draining."""
         self._act(self.requests.stop_requested(), cause)
 
     def _act(self, request: Request | None, cause: str) -> None:
@@ -117,14 +119,15 @@ class GracefulStop:
             self.service.reload()
         elif request is Request.DRAIN:
             self._log.info(
-                "%s received: draining %d open (up to %gs; again to stop now)",
+                "%s: draining %d open (up to %gs; again to stop now)",
                 cause,
                 self.service.open_count(),
                 self.service.settings.drain_timeout,
             )
+            self.drain_started.set()
             self.nursery.start_soon(self._drain_then_cut)
         elif request is Request.STOP_NOW:
-            self._log.warning("%s received again: stopping now", cause)
+            self._log.warning("%s again: stopping now", cause)
             self.still_open = self.service.open_count()
             self.nursery.cancel_scope.cancel()
 

@@ -14,7 +14,8 @@ docs/reference/metrics.rst lists every metric.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import errno
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 
 import trio
@@ -31,12 +32,15 @@ from ..drivers.close_accounting import LatencyHistogram
 from ..drivers.listeners import open_tcp_listeners
 from .service import Service
 
-__all__ = ["ServiceCollector", "metrics_registry", "serve_metrics"]
+__all__ = ["ServiceCollector", "metrics_registry", "serve_metrics", "serve_metrics_on"]
 
 PREFIX = "trio_tlsd_"
 # An HTTP request we answer is one short line and a few headers.
 MAX_REQUEST = 8192
 REQUEST_TIMEOUT = 5.0
+# accept() errors that mean "too many open right now", as trio.serve_listeners has them.
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_PAUSE = 0.1
 
 
 class ServiceCollector(Collector):
@@ -200,12 +204,50 @@ async def serve_metrics(
 
     ``await nursery.start(serve_metrics, service, 0)`` returns the port.
     """
-    registry = metrics_registry(service)
     listeners = await open_tcp_listeners(port, host)
+    await serve_metrics_on(service, listeners, task_status=task_status)
+
+
+async def serve_metrics_on(
+    service: Service,
+    listeners: list[trio.SocketListener],
+    *,
+    until: trio.Event | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """:func:`serve_metrics` on listeners bound already; returns the port to ``nursery.start``.
+
+    The listeners were bound before anything was served (so a port in use
+    is an error at start), or by a supervisor for its worker. Once *until*
+    is set, no new request is accepted (the listeners close), the requests
+    in flight are answered, and this returns.
+    """
+    answer = partial(_answer, metrics_registry(service))
     bound = int(listeners[0].socket.getsockname()[1])
-    async with trio.open_nursery() as nursery:
-        await nursery.start(partial(trio.serve_listeners, partial(_answer, registry), listeners))
+    async with trio.open_nursery() as requests, trio.open_nursery() as accepting:
+        for listener in listeners:
+            accepting.start_soon(_accept_loop, listener, requests, answer)
         task_status.started(bound)
+        if until is not None:
+            await until.wait()
+            accepting.cancel_scope.cancel()
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    requests: trio.Nursery,
+    answer: Callable[[trio.SocketStream], Awaitable[None]],
+) -> None:
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    raise
+                await trio.sleep(_ACCEPT_PAUSE)  # out of descriptors: let some close
+                continue
+            requests.start_soon(answer, stream)
 
 
 async def _answer(registry: CollectorRegistry, stream: trio.SocketStream) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
+import socket as _stdsocket
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -31,6 +33,11 @@ from ..drivers.tls.server import TLSHandler, TLSServer, echo_handler
 __all__ = ["Service", "serve"]
 
 logger = logging.getLogger(__name__)
+
+# How long a worker that shares its UDP sockets with a successor keeps
+# reading them once its drain has sent close_notify to every peer: the sends
+# are local and immediate; a handler busy sending delays one a little.
+_HANDOVER_GRACE = 0.2
 
 # With port 0, the kernel picks the TCP port; the UDP socket then asks for the
 # same number, which another program may hold. Try a few times.
@@ -72,6 +79,8 @@ class Service:
         self.reloads = 0
         self.reloads_failed = 0
         self._reuse_port = False
+        self._dtls_scope = trio.CancelScope()
+        self._adopted = False
 
     @property
     def port(self) -> int:
@@ -111,8 +120,7 @@ class Service:
         """
         self._reuse_port = reuse_port
         await self._bind(port, host)
-        self.tls_addresses = [normalize_address(x.socket.getsockname()) for x in self._listeners]
-        self.dtls_addresses = [normalize_address(s.getsockname()) for s in self._sockets]
+        self._note_addresses()
         if after_bind is not None:
             try:
                 after_bind()
@@ -122,6 +130,28 @@ class Service:
                     sock.close()
                 self._listeners, self._sockets = [], []
                 raise
+
+    def adopt(self, tcp: Sequence[_stdsocket.socket], udp: Sequence[_stdsocket.socket]) -> None:
+        """Serve on sockets opened elsewhere instead of binding (see :meth:`bind`).
+
+        A worker adopts the listening TCP sockets and bound UDP sockets its
+        supervisor opened before forking it
+        (:mod:`~trio_tls_dtls.service.worker_sockets`); closing them here
+        closes only this process's copies.
+        """
+        self._listeners = [
+            trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            for sock in (tcp if self.tls is not None else ())
+        ]
+        self._sockets = [
+            trio.socket.from_stdlib_socket(sock) for sock in (udp if self.dtls is not None else ())
+        ]
+        self._adopted = True
+        self._note_addresses()
+
+    def _note_addresses(self) -> None:
+        self.tls_addresses = [normalize_address(x.socket.getsockname()) for x in self._listeners]
+        self.dtls_addresses = [normalize_address(s.getsockname()) for s in self._sockets]
 
     async def _bind(self, port: int, host: str | None) -> None:
         if self.tls is None:
@@ -154,10 +184,15 @@ class Service:
             if self.tls is not None:
                 await nursery.start(self.tls.serve, self._listeners)
             if self.dtls is not None:
-                await nursery.start(self.dtls.serve, self._sockets)
+                await nursery.start(self._serve_dtls)
             task_status.started(self)
             await trio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _serve_dtls(self, *, task_status: trio.TaskStatus[DTLSServer]) -> None:
+        assert self.dtls is not None
+        with self._dtls_scope:
+            await self.dtls.serve(self._sockets, task_status=task_status)
 
     def reload(self) -> bool:
         """Re-read certificates and keys from disk for new handshakes.
@@ -192,7 +227,25 @@ class Service:
             if self.tls is not None:
                 nursery.start_soon(self.tls.drain)
             if self.dtls is not None:
-                nursery.start_soon(self.dtls.drain)
+                nursery.start_soon(self._drain_dtls)
+
+    async def _drain_dtls(self) -> None:
+        """The DTLS drain; then the UDP sockets are read no more.
+
+        A draining endpoint only drops new ClientHellos. Sockets a worker
+        adopted are shared with its successor after a reload, and every
+        datagram this process reads is one the successor does not: so a
+        worker sends its close_notify to every peer, gives those datagrams
+        a moment to leave (a local send), and stops reading, leaving the
+        sockets to the successor. Its peers owe it nothing after our
+        close_notify; whatever they send next reaches the successor, which
+        answers a new handshake. A process that owns its sockets waits for
+        its peers (up to the drain timeout) before it stops reading.
+        """
+        assert self.dtls is not None
+        with trio.move_on_after(_HANDOVER_GRACE if self._adopted else math.inf):
+            await self.dtls.drain()
+        self._dtls_scope.cancel()
 
     def open_count(self) -> int:
         """TLS connections plus DTLS peers open right now."""
