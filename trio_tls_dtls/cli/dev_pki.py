@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..core.errors import ConfigError
+
 __all__ = [
     "DEFAULT_CERT_DIR",
     "DEFAULT_SERVER_NAMES",
@@ -230,12 +232,13 @@ def _write(path: Path, data: bytes, *, private: bool) -> None:
 def write_dev_pki(directory: str | os.PathLike[str], pki: DevPKI) -> dict[str, Path]:
     """Write *pki* as ``ca.pem``, ``server.pem``, ``server.key``, ``client.pem``, ``client.key``.
 
-    Returns the paths written, keyed by those file names. The CA's own key is
+    Returns the paths written, keyed by those file names; a folder or file
+    that cannot be made is a one-line
+    :class:`~trio_tls_dtls.core.errors.ConfigError`. The CA's own key is
     not written: nothing in the service needs it, and not having it on disk
     means a leaked ``certs/`` folder cannot be used to mint new certificates.
     """
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _make_folder(Path(directory))
     files = {
         "ca.pem": (pki.ca.cert_pem, False),
         "server.pem": (pki.server.cert_pem, False),
@@ -246,9 +249,24 @@ def write_dev_pki(directory: str | os.PathLike[str], pki: DevPKI) -> dict[str, P
     written: dict[str, Path] = {}
     for name, (data, private) in files.items():
         path = folder / name
-        _write(path, data, private=private)
+        try:
+            _write(path, data, private=private)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
         written[name] = path
     return written
+
+
+def _make_folder(folder: Path) -> Path:
+    """*folder*, made (with its parents) if missing; a one-line ConfigError if it cannot be."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} exists and is not a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = os.path.abspath(folder)
+        raise ConfigError(f"cannot create the folder {where}: {exc.strerror or exc}") from None
+    return folder
 
 
 DEV_PKI_FILES = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")

@@ -78,10 +78,6 @@ def _run_workers(
     metrics_port = options["metrics_port"]
     if metrics_port is not None and metrics_port + count - 1 > 65535:
         raise ConfigError(f"--metrics-port {metrics_port}: no room for ports P..P+{count - 1}")
-    print(
-        status_line(f"trio-tlsd: starting {count} workers on port {options['port']}"),
-        file=sys.stderr,
-    )
     # Contexts and the cookie secret are built in the supervisor, before any
     # fork: every worker gets the same ticket keys and cookie secret.
     return serve_workers(
