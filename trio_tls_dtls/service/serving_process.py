@@ -13,8 +13,9 @@ every worker runs it, with its index. In order:
 2. serve until stopped (:func:`~trio_tls_dtls.service.drain.serve_until_stopped`:
    the signal table, the bounded drain, the second signal), with the
    metrics endpoint beside the service, a worker's watch on its supervisor
-   (:mod:`.lifeline`: a supervisor gone is a stop request) and
-   ``hooks.on_serving`` announcing the service;
+   (:mod:`.lifeline`: a supervisor gone is a stop request), the memory
+   trim after a burst (:mod:`.memory_trim`) and ``hooks.on_serving``
+   announcing the service;
 3. print one summary line, ``WHO: drained: ...; N still open when stopped``
    or ``WHO: stopped at once by a second signal: ...``, and return the exit
    status (:mod:`trio_tls_dtls.service.signals`).
@@ -41,6 +42,7 @@ from ..drivers.listeners import normalize_address, open_tcp_listeners
 from .drain import GracefulStop, serve_until_stopped
 from .lifeline import watch_lifeline
 from .log_format import status_line
+from .memory_trim import trim_memory_after_bursts
 from .metrics import serve_metrics_on
 from .service import Service
 from .worker_sockets import SlotSockets
@@ -152,6 +154,7 @@ async def serve_process(
                 stop.nursery.start_soon(
                     watch_lifeline, lifeline, partial(stop.stop, "supervisor gone")
                 )
+            stop.nursery.start_soon(trim_memory_after_bursts, service)
             await hooks.on_serving(Serving(stop, worker, address))
 
         stop = await serve_until_stopped(service, on_serving=on_serving, log=hooks.log)
