@@ -471,7 +471,8 @@ def report(result: dict[str, Any], machine: str) -> str:
             f"Clients: {result['clients']:,} ({kinds}); failed {failed}, "
             f"skipped at the in-flight cap {result['skipped']}.",
             "",
-            f"Before the first client / after the load stopped and the idle timeout passed: "
+            "Before the first client / at the end (the load stopped, the idle timeout "
+            "passed, the burst check done): "
             f"RSS {b['rss_mib']:.1f} / {e['rss_mib']:.1f} MiB, "
             f"descriptors {b['fds']} / {e['fds']}, tasks {b['tasks']} / {e['tasks']}, "
             f"open TLS {b['tls_open']} / {e['tls_open']}, "
