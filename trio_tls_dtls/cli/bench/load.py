@@ -39,9 +39,9 @@ from ...core.errors import HandshakeError, TLSDError
 from ...core.settings import ClientSettings
 from ...drivers.dtls.client import open_dtls_channel
 from ...drivers.tls.client import open_tls_stream
-from .config import BenchConfig
+from .config import MAX_DATAGRAM, BenchConfig
 
-__all__ = ["Connection", "PhaseResult", "open_connection", "run_worker"]
+__all__ = ["Connection", "PhaseResult", "datagram_limit", "open_connection", "run_worker"]
 
 _RECEIVE_MAX = 65536
 
@@ -99,7 +99,11 @@ class _StreamConnection:
 
 
 class _DatagramConnection:
-    """UDP or DTLS: one message is one datagram, echoed as one datagram."""
+    """UDP or DTLS: one message is one datagram, echoed as one datagram.
+
+    *limit* is the largest message one datagram carries: for DTLS, what one
+    record holds at the MTU with the negotiated *cipher*.
+    """
 
     def __init__(
         self,
@@ -107,11 +111,16 @@ class _DatagramConnection:
         receive: Callable[[], Awaitable[bytes]],
         close: Callable[[], Awaitable[None]],
         resumed: bool = False,
+        *,
+        limit: int = MAX_DATAGRAM,
+        cipher: str | None = None,
     ) -> None:
         self._send = send
         self._receive = receive
         self._close = close
         self.resumed = resumed
+        self.limit = limit
+        self.cipher = cipher
 
     async def round_trip(self, payload: bytes) -> None:
         await self._send(payload)
@@ -171,8 +180,22 @@ async def open_connection(
     async def receive() -> bytes:
         return await channel.receive()
 
-    conn = _DatagramConnection(channel.send, receive, channel.aclose, channel.info.resumed)
+    conn = _DatagramConnection(
+        channel.send,
+        receive,
+        channel.aclose,
+        channel.info.resumed,
+        limit=channel.max_message_size,
+        cipher=channel.info.cipher,
+    )
     return conn, channel.session
+
+
+def datagram_limit(conn: Connection) -> tuple[int, str | None] | None:
+    """The largest message *conn* can carry and the cipher that sets it; None for streams."""
+    if isinstance(conn, _DatagramConnection):
+        return conn.limit, conn.cipher
+    return None
 
 
 def error_kind(exc: BaseException) -> str:
