@@ -187,17 +187,22 @@ def check_shape(data: dict[str, Any], proto: str, mode: str, *, clients: int, co
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         if mode == "handshake":
             assert r["mb_per_s"] == 0
+            # Without --resume every handshake is a full one (no session cache).
+            assert r["resumed"] == 0
         else:
             assert r["mb_per_s"] > 0
 
 
+@pytest.mark.parametrize("proto", ["tls", "dtls"])
 def test_resumed_handshakes(
-    pki: PKIFiles, ours: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pki: PKIFiles, ours: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], proto: str
 ) -> None:
     out_json = tmp_path / "r.json"
     code, out, err = run_bench(
         capsys,
         f"127.0.0.1:{ours}",
+        "--proto",
+        proto,
         "--mode",
         "handshake",
         "--resume",

@@ -202,7 +202,7 @@ def preflight(cfg: BenchConfig) -> None:
     async def check() -> tuple[int, str | None] | None:
         try:
             with trio.fail_after(cfg.handshake_timeout + cfg.op_timeout):
-                conn, _ = await open_connection(cfg, settings)
+                conn = await open_connection(cfg, settings)
                 try:
                     # Even for handshakes: a TLS 1.3 client finishes its side
                     # before the server has judged its certificate, so only

@@ -9,8 +9,10 @@ percentiles happen in :mod:`.report`.
 Operations, per mode:
 
 * ``handshake``: connect, complete the handshake, close. The latency is
-  connect + handshake. With ``resume``, each client first makes one full
-  connection (not timed) to get a session, then resumes it every time.
+  connect + handshake. Without ``resume`` every handshake is a full one
+  (``resume=False``). With it, the clients share the session cache of their
+  process's settings object: one full connection (not timed, with one echo so
+  that TLS 1.3 tickets arrive) fills it, and every timed handshake resumes.
 * ``echo``: one persistent connection per client; send one message, wait
   for all of it to come back, repeat. The latency is one round trip.
 * ``bulk``: like echo, but ``window`` messages in flight per connection,
@@ -33,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
-from OpenSSL import SSL
 
 from ...core.errors import HandshakeError, TLSDError
 from ...core.settings import ClientSettings
@@ -158,29 +159,31 @@ async def _udp_connection(host: str, port: int) -> _DatagramConnection:
     return _DatagramConnection(sock.send, receive, close)
 
 
-async def open_connection(
-    cfg: BenchConfig, settings: ClientSettings, session: SSL.Session | None = None
-) -> tuple[Connection, SSL.Session | None]:
-    """A connected (and handshaken) client for *cfg*, and its session if it has one."""
+async def open_connection(cfg: BenchConfig, settings: ClientSettings) -> Connection:
+    """A connected (and handshaken) client for *cfg*.
+
+    TLS and DTLS resume through *settings*' session cache with
+    ``cfg.resume``, and never without it.
+    """
     host, port = cfg.host, cfg.port
     if cfg.proto == "tcp":
-        return _StreamConnection(await trio.open_tcp_stream(host, port)), None
+        return _StreamConnection(await trio.open_tcp_stream(host, port))
     if cfg.proto == "udp":
-        return await _udp_connection(host, port), None
-    name = cfg.servername
+        return await _udp_connection(host, port)
+    name, resume = cfg.servername, cfg.resume
     if cfg.proto == "tls":
         stream = await open_tls_stream(
-            host, port, settings=settings, server_hostname=name, session=session
+            host, port, settings=settings, server_hostname=name, resume=resume
         )
-        return _StreamConnection(stream, stream.info.resumed), stream.session
+        return _StreamConnection(stream, stream.info.resumed)
     channel = await open_dtls_channel(
-        host, port, settings=settings, server_hostname=name, session=session
+        host, port, settings=settings, server_hostname=name, resume=resume
     )
 
     async def receive() -> bytes:
         return await channel.receive()
 
-    conn = _DatagramConnection(
+    return _DatagramConnection(
         channel.send,
         receive,
         channel.aclose,
@@ -188,7 +191,6 @@ async def open_connection(
         limit=channel.max_message_size,
         cipher=channel.info.cipher,
     )
-    return conn, channel.session
 
 
 def datagram_limit(conn: Connection) -> tuple[int, str | None] | None:
@@ -234,36 +236,35 @@ Tick = Callable[[int], None]
 
 
 class _Client:
-    """One simulated client: its connection (kept across sizes) and session."""
+    """One simulated client: its connection (kept across sizes)."""
 
     def __init__(self, cfg: BenchConfig, settings: ClientSettings) -> None:
         self.cfg = cfg
         self.settings = settings
         self.conn: Connection | None = None
-        self.session: SSL.Session | None = None
 
     async def connect(self) -> Connection:
         with trio.fail_after(self.cfg.handshake_timeout + 1):
-            conn, session = await open_connection(self.cfg, self.settings, self.session)
-        self.conn = conn
-        if self.cfg.resume and self.session is None:
-            self.session = session
-        return conn
+            self.conn = await open_connection(self.cfg, self.settings)
+        return self.conn
 
     async def prime_session(self) -> None:
-        """A full handshake plus one echo, so TLS 1.3 tickets arrive; not timed."""
+        """A full handshake plus one echo (TLS 1.3 tickets arrive with it); not timed.
+
+        The session lands in the settings object's cache, which every
+        client of this process shares.
+        """
         try:
             with trio.fail_after(self.cfg.handshake_timeout + self.cfg.op_timeout):
-                conn, session = await open_connection(self.cfg, self.settings)
+                conn = await open_connection(self.cfg, self.settings)
                 try:
                     await conn.round_trip(b"x")
-                    self.session = _current_session(conn) or session
                 finally:
                     await conn.aclose()
         except (OSError, TLSDError, trio.TooSlowError, trio.BrokenResourceError):
-            # Without a session every timed handshake is a full one; the
-            # report's "resumed" count shows it.
-            self.session = None
+            # Then the first timed handshakes are full ones (and fill the
+            # cache); the report's "resumed" count shows it.
+            pass
 
     async def drop(self) -> None:
         conn, self.conn = self.conn, None
@@ -394,12 +395,6 @@ def _expected_failure(caught: BaseException) -> BaseException:
     return exc
 
 
-def _current_session(conn: Connection) -> SSL.Session | None:
-    stream = getattr(conn, "stream", None)
-    session = getattr(stream, "session", None)
-    return session if isinstance(session, SSL.Session) else None
-
-
 async def run_worker(
     cfg: BenchConfig,
     clients: int,
@@ -416,11 +411,11 @@ async def run_worker(
     pool = [_Client(cfg, settings) for _ in range(clients)]
     results: list[PhaseResult] = []
     try:
+        if cfg.resume and pool:
+            await pool[0].prime_session()  # one session, in the cache they share
         async with trio.open_nursery() as nursery:
             for client in pool:
-                if cfg.resume:
-                    nursery.start_soon(client.prime_session)
-                elif cfg.mode != "handshake":
+                if cfg.mode != "handshake":
                     nursery.start_soon(_connect_quietly, client)
         for size in cfg.phase_sizes:
             await phase_barrier()
