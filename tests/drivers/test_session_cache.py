@@ -10,6 +10,7 @@ then never offered a session again.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -32,6 +33,7 @@ from trio_tls_dtls import (
     open_dtls_channel,
     open_tls_stream,
 )
+from trio_tls_dtls.core.contexts import build_server_context
 from trio_tls_dtls.core.engine import TLSEngine
 from trio_tls_dtls.core.errors import HandshakeError
 from trio_tls_dtls.core.peer_info import PeerInfo
@@ -290,6 +292,35 @@ async def test_a_server_that_fails_resumption_is_retried_once_then_not_offered(
     # again without it; the third offered none.
     assert outcomes == ["ok", "session id context uninitialized", "ok", "ok"]
     assert session_cache(client).marked(("127.0.0.1", port, "localhost"))
+
+
+async def test_a_lost_connection_drops_the_session_without_a_retry(pki: PKIFiles) -> None:
+    ctx = build_server_context(server_settings(pki, "tls-1.2"))
+    connections = 0
+
+    async def serve_one(transport: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 2:  # the one that offers the session: cut it
+            await trio.aclose_forcefully(transport)
+            return
+        stream = TLSStream(transport, TLSEngine.server(ctx))
+        with contextlib.suppress(trio.BrokenResourceError):
+            await echo_handler(stream, PeerInfo(None, "tls", "", "", False))
+        await trio.aclose_forcefully(stream)
+
+    client = pki.client_settings()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve_one, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        assert not await session_round("tls", port, client)
+        with pytest.raises(HandshakeError, match="peer closed the connection"):
+            await connect("tls", port, client)
+        assert connections == 2  # not tried again: a session does not lose connections
+        assert len(session_cache(client)) == 0
+        assert not await session_round("tls", port, client)  # a full handshake, no error
+        assert await session_round("tls", port, client)
+        nursery.cancel_scope.cancel()
 
 
 # -- against openssl s_server ----------------------------------------------------------

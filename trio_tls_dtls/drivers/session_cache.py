@@ -25,10 +25,11 @@ When a session is worth keeping:
 An entry is dropped when the session it offered did not resume (the server
 forgot it, or restarted with new ticket keys: OpenSSL falls back to a full
 handshake by itself) or the handshake failed; the next successful handshake
-stores a fresh one. A handshake that failed while offering a cached session
-is tried once more without it: a server that cannot resume (some fail the
-handshake instead of falling back) then costs a second handshake, never an
-error, and its key is marked so that no session is offered to it again.
+stores a fresh one. A handshake that the server ended with an alert while a
+cached session was offered is tried once more without it: a server that
+cannot resume (some fail the handshake instead of falling back) then costs a
+second handshake, never an error, and its key is marked so that no session is
+offered to it again.
 OpenSSL also marks a session not resumable when its connection is freed
 without close_notify: the next handshake is then a full one, and replaces it.
 
@@ -154,17 +155,20 @@ class Resumption:
         """A handshake failed: forget the session it offered; try once more without it?
 
         Some servers fail a resumption attempt instead of falling back to a
-        full handshake (OpenSSL does so when a server verifies client
-        certificates but set no session ID context). A failure after offering
-        a cached session is therefore retried once with a full handshake,
-        unless it was a timeout (the deadline is spent). If the full handshake
-        then works, the key is marked and never offered a session again.
+        full handshake (OpenSSL sends an internal_error alert when a server
+        verifies client certificates but set no session ID context). So a
+        handshake that offered a cached session and was ended by an alert
+        from the server is retried once with a full handshake; if that works,
+        the key is marked and never offered a session again. Other failures
+        (a timeout, a lost connection, our own verification) are not retried:
+        a session does not cause them, and a server that refuses connections
+        should not see each attempt twice.
         """
         if not (self.from_cache and self.offered is not None):
             return False
         self.cache.discard(self.key, self.offered)
         self.offered = None
-        if exc.reason == "timeout":
+        if "alert" not in exc.reason:
             return False
         logger.info(
             "handshake resuming a session with %s:%s failed (%s); retrying without it",
