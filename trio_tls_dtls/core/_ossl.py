@@ -3,10 +3,10 @@
 pyOpenSSL has no public API for hostname verification, for asking whether a
 session was resumed, or for the certificate verification result. All three
 are one call into the OpenSSL bindings that ship with ``cryptography``
-(``OpenSSL._util.lib``), which pyOpenSSL itself is built on. (Nor can it tell
-whether two Session objects are one session: that compares its handles.) Keeping them
-here means one module to check when either library moves; the test matrix
-exercises them on the oldest and newest supported versions.
+(``OpenSSL._util.lib``), which pyOpenSSL itself is built on. Nor can it tell
+whether two Session objects are one session (that compares its handles).
+Keeping them here means one module to check when either library moves; the
+test matrix exercises them on the oldest and newest supported versions.
 """
 
 from __future__ import annotations
