@@ -7,7 +7,8 @@ What lives here
   thin loop around a core engine.
 * The servers: the TLS accept loop and the DTLS endpoint, which carries out
   what the core's cookie gate decides for each datagram.
-* The clients (``open_tls_stream``, ``open_dtls_channel``), the listeners.
+* The clients (``open_tls_stream``, ``open_dtls_channel``) and their
+  session cache (one per ``ClientSettings`` object), the listeners.
 * The engine guard (:mod:`.engine_guard`): one per stream or channel, the
   only way to an engine. It keeps one thread per SSL object and decides
   which calls run in a worker thread of the shared :mod:`.offload` pool.
