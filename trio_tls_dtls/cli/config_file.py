@@ -60,6 +60,8 @@ DEFAULTS: dict[str, Any] = {
     "alpn": [],
     "keylog_file": None,
     "session_tickets": True,
+    "ticket_key_rotation": 86400.0,
+    "reload_interval": 10.0,
     "handshake_timeout": 10.0,
     "idle_timeout": 300.0,
     "max_connections": 1024,
@@ -105,6 +107,14 @@ def _seconds(value: object, base: Path) -> float:
         raise _Bad(f"expected a number of seconds, got {value!r}")
     if not (value > 0 and math.isfinite(value)):
         raise _Bad(f"expected a positive number of seconds, got {value}")
+    return float(value)
+
+
+def _seconds_or_off(value: object, base: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad(f"expected a number of seconds (0 = off), got {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise _Bad(f"expected 0 (off) or a positive number of seconds, got {value}")
     return float(value)
 
 
@@ -200,6 +210,8 @@ _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "alpn": _strings,
     "keylog_file": _path,
     "session_tickets": _bool,
+    "ticket_key_rotation": _seconds_or_off,
+    "reload_interval": _seconds_or_off,
     "handshake_timeout": _seconds,
     "idle_timeout": _optional_seconds,
     "max_connections": _int_in(1, 2**31, "a positive integer"),

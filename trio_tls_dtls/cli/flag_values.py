@@ -26,6 +26,7 @@ __all__ = [
     "positive_int",
     "rate",
     "seconds",
+    "seconds_or_off",
     "target_text",
     "workers",
 ]
@@ -55,6 +56,19 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text}")
+    return value
+
+
+def seconds_or_off(text: str) -> float:
+    """A number of seconds, 0 meaning off."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds (0 = off), not {text!r}"
+        ) from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or a positive number, not {text}")
     return value
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from OpenSSL import SSL
@@ -29,8 +30,12 @@ from .settings import (
 
 __all__ = [
     "DTLS1_2_VERSION",
+    "CertificateSwitch",
+    "Certificates",
     "KeyLog",
+    "build_certificates",
     "build_client_context",
+    "build_front_context",
     "build_server_context",
     "client_context",
 ]
@@ -130,17 +135,19 @@ def _alpn_selector(server_protocols: Sequence[str]) -> SSL._ALPNSelectCallback:
 
 
 def _server_context_for(
-    settings: ServerSettings, cert: CertificateSettings, dtls: bool, keylog: KeyLog | None
+    settings: ServerSettings, cert: CertificateSettings | None, dtls: bool, keylog: KeyLog | None
 ) -> SSL.Context:
+    # cert=None: every setting but a certificate (a front context, see ticket_keys.py).
     ctx = _new_context(dtls, settings.min_version, settings.max_version)
     ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
     _set_ciphers(ctx, settings.ciphers)
-    loaded = load_certificate(cert.cert_file, cert.key_file, cert.key_password)
-    _use_certificate(ctx, loaded)
-    if cert.ocsp_staple_file is not None:
-        # Read now, with the certificate: a reload rebuilds the context and
-        # so picks up a refreshed staple file.
-        ctx.set_ocsp_server_callback(Stapler(load_staple(cert.ocsp_staple_file, loaded.leaf)))
+    if cert is not None:
+        loaded = load_certificate(cert.cert_file, cert.key_file, cert.key_password)
+        _use_certificate(ctx, loaded)
+        if cert.ocsp_staple_file is not None:
+            # Read now, with the certificate: a reload rebuilds the context and
+            # so picks up a refreshed staple file.
+            ctx.set_ocsp_server_callback(Stapler(load_staple(cert.ocsp_staple_file, loaded.leaf)))
     ctx.set_session_id(_SESSION_ID_CONTEXT)
     if not settings.session_tickets:
         ctx.set_options(SSL.OP_NO_TICKET)
@@ -191,21 +198,74 @@ def _name_matches(pattern: str, name: str) -> bool:
     return pattern == name
 
 
-class _SNISelector:
-    """Switches a connection to the context whose certificate names the server."""
+@dataclass(frozen=True)
+class Certificates:
+    """The certificate contexts one reading of a server's files makes.
 
-    def __init__(self, choices: list[tuple[tuple[str, ...], SSL.Context]]) -> None:
-        self._choices = choices
+    *default* serves a client whose server name (SNI) matches none of
+    *by_name*, or that sent none.
+    """
+
+    default: SSL.Context
+    by_name: tuple[tuple[tuple[str, ...], SSL.Context], ...] = ()
+
+    def for_name(self, raw: bytes | None) -> SSL.Context:
+        if raw is not None:
+            name = raw.decode("ascii", "replace").lower().rstrip(".")
+            for patterns, ctx in self.by_name:
+                if any(_name_matches(p, name) for p in patterns):
+                    return ctx
+        return self.default
+
+
+class CertificateSwitch:
+    """A servername callback: moves each connection to the context for its server name.
+
+    OpenSSL calls it for every ClientHello, SNI or not, and a connection
+    moved with ``SSL_set_SSL_CTX`` takes that context's certificate, OCSP
+    staple, CA store and callbacks, but keeps the session-ticket keys of the
+    context it was made from. :attr:`certificates` is replaced whole by a
+    reload: one attribute store, which a handshake in another thread reads
+    either before or after.
+    """
+
+    def __init__(self, certificates: Certificates) -> None:
+        self.certificates = certificates
 
     def __call__(self, conn: SSL.Connection) -> None:
-        raw = conn.get_servername()
-        if raw is None:
-            return
-        name = raw.decode("ascii", "replace").lower().rstrip(".")
-        for patterns, ctx in self._choices:
-            if any(_name_matches(p, name) for p in patterns):
-                conn.set_context(ctx)
-                return
+        ctx = self.certificates.for_name(conn.get_servername())
+        if ctx is not conn.get_context():
+            conn.set_context(ctx)
+
+
+def build_certificates(
+    settings: ServerSettings, *, dtls: bool = False, keylog: KeyLog | None = None
+) -> Certificates:
+    """Read the certificate files of *settings* into contexts; ConfigError names a bad one."""
+    default = _server_context_for(settings, settings.certificate, dtls, keylog)
+    by_name = tuple(
+        (sni.server_names, _server_context_for(settings, sni, dtls, keylog))
+        for sni in settings.sni_certificates
+    )
+    return Certificates(default, by_name)
+
+
+def build_front_context(
+    settings: ServerSettings,
+    switch: CertificateSwitch,
+    *,
+    dtls: bool = False,
+    keylog: KeyLog | None = None,
+) -> SSL.Context:
+    """A context with every setting but a certificate, which *switch* supplies per connection.
+
+    Options, verification mode and callbacks, PSK callbacks: everything OpenSSL
+    copies into a connection when it is made comes from here; the
+    certificate and everything read from files, from the switch's contexts.
+    """
+    ctx = _server_context_for(settings, None, dtls, keylog)
+    ctx.set_tlsext_servername_callback(switch)
+    return ctx
 
 
 def build_server_context(settings: ServerSettings, *, dtls: bool = False) -> SSL.Context:
@@ -214,14 +274,10 @@ def build_server_context(settings: ServerSettings, *, dtls: bool = False) -> SSL
     Raises ConfigError naming the file or setting at fault.
     """
     keylog = KeyLog(settings.keylog_file) if settings.keylog_file else None
-    default = _server_context_for(settings, settings.certificate, dtls, keylog)
-    if settings.sni_certificates:
-        choices = [
-            (sni.server_names, _server_context_for(settings, sni, dtls, keylog))
-            for sni in settings.sni_certificates
-        ]
-        default.set_tlsext_servername_callback(_SNISelector(choices))
-    return default
+    certificates = build_certificates(settings, dtls=dtls, keylog=keylog)
+    if certificates.by_name:
+        certificates.default.set_tlsext_servername_callback(CertificateSwitch(certificates))
+    return certificates.default
 
 
 def build_client_context(settings: ClientSettings, *, dtls: bool = False) -> SSL.Context:

@@ -91,6 +91,14 @@ def _optional_positive(value: float | None, name: str) -> float | None:
     return None if value is None else _positive(value, name)
 
 
+def _seconds_or_off(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be 0 (off) or a positive number of seconds, not {value!r}")
+    return float(value)
+
+
 def _rate(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{name} must be a number per second, not {value!r}")
@@ -229,6 +237,12 @@ class ServerSettings:
     ciphers: str = DEFAULT_TLS12_CIPHERS
     alpn: tuple[str, ...] = ()
     session_tickets: bool = True
+    ticket_key_rotation: float = 86400.0
+    """Seconds between new session-ticket keys (the previous key still opens
+    tickets until the next rotation); 0 = never. See core/ticket_keys.py."""
+    reload_interval: float = 10.0
+    """Seconds between looks at the certificate, key, CA and OCSP files, to
+    reload when they change; 0 = only on SIGHUP."""
     keylog_file: Path | None = None
     handshake_timeout: float = 10.0
     idle_timeout: float | None = 300.0
@@ -287,6 +301,9 @@ class ServerSettings:
         _set(self, "idle_timeout", _optional_positive(self.idle_timeout, "idle_timeout"))
         _count(self.max_connections, "max_connections")
         _set(self, "drain_timeout", _positive(self.drain_timeout, "drain_timeout"))
+        rotation = _seconds_or_off(self.ticket_key_rotation, "ticket_key_rotation")
+        _set(self, "ticket_key_rotation", rotation)
+        _set(self, "reload_interval", _seconds_or_off(self.reload_interval, "reload_interval"))
         _set(self, "per_source_rate", _rate(self.per_source_rate, "per_source_rate"))
         _count(self.per_source_burst, "per_source_burst")
         _count(self.per_source_connections, "per_source_connections", minimum=0)

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import trio
 from OpenSSL import SSL
 
-from ...core.contexts import build_server_context
+from ...core.client_hello import MAX_PEEK
 from ...core.engine import TLSEngine
 from ...core.errors import HandshakeError
 from ...core.peer_info import Address, PeerInfo, format_address
 from ...core.proxy_protocol import MAX_HEADER_LENGTH, ProxyHeaderError, ProxyHeaderParser
 from ...core.settings import ServerSettings
 from ...core.source_limits import LogThrottle, Refusal, SourceLimits
+from ...core.ticket_keys import ServerContexts
 from ..close_accounting import LatencyHistogram, account_close, log_close, log_refusal
 from ..idle_deadline import IdleDeadline
 from ..listeners import normalize_address, open_tcp_listeners
@@ -75,8 +76,10 @@ class TLSServerStats:
 class TLSServer:
     """Serves TLS on listeners it is given; see :func:`serve_tls` for the usual entry.
 
-    *context* overrides the one built from *settings* (the service builds
-    contexts itself to share them across workers and to reload them).
+    *context* is a Context to use as it is, or the
+    :class:`~trio_tls_dtls.core.ticket_keys.ServerContexts` to make
+    connections from (default: built from *settings*; the service builds
+    them itself to share them across workers and to reload them).
     """
 
     def __init__(
@@ -84,12 +87,16 @@ class TLSServer:
         handler: TLSHandler,
         settings: ServerSettings,
         *,
-        context: SSL.Context | None = None,
+        context: SSL.Context | ServerContexts | None = None,
         offload: CryptoOffload | None = None,
     ) -> None:
         self.handler = handler
         self.settings = settings
-        self.context = context if context is not None else build_server_context(settings)
+        self.contexts = (
+            context
+            if isinstance(context, ServerContexts)
+            else ServerContexts(settings, context=context)
+        )
         self.offload = offload if offload is not None else CryptoOffload(settings.offload)
         self.stats = TLSServerStats()
         self.listeners: list[trio.SocketListener] = []
@@ -179,9 +186,13 @@ class TLSServer:
             if admitted is None:
                 return
             address, leftover = admitted
+            # One deadline for reading the ClientHello (when a front must be
+            # chosen by it) and for the whole handshake.
+            deadline = trio.current_time() + self.settings.handshake_timeout
+            context, leftover = await self._front_for(transport, leftover, deadline)
             stream = TLSStream(
                 transport,
-                TLSEngine.server(self.context),
+                TLSEngine.server(context),
                 offload=self.offload,
                 peer_address=address,
                 initial_data=leftover,
@@ -192,7 +203,7 @@ class TLSServer:
             reason, error = "cancelled", None
             try:
                 with scope:
-                    info, reason, error = await self._handshake(stream, address)
+                    info, reason, error = await self._handshake(stream, address, deadline)
                     if info is not None:
                         reason = "cancelled"  # unless the handler returns
                         timeout = self.settings.idle_timeout
@@ -344,13 +355,40 @@ class TLSServer:
             reason=reason,
         )
 
+    async def _front_for(
+        self, transport: trio.SocketStream, data: bytes, deadline: float
+    ) -> tuple[SSL.Context, bytes]:
+        """The context to make this connection from, and the bytes read to choose it.
+
+        After a ticket key rotation the ClientHello is read first: its ticket
+        names the key, so the front, that opens it. Whatever cuts the reading
+        short (the deadline, EOF, a reset) is left for the handshake to meet
+        and report; the bytes read become the stream's first input.
+        """
+        contexts = self.contexts
+        context = contexts.for_tls_hello(data)
+        try:
+            with trio.move_on_at(deadline):
+                while context is None:
+                    more = await transport.receive_some(MAX_PEEK)
+                    if not more:
+                        break
+                    data += more
+                    context = contexts.for_tls_hello(data)
+        except trio.BrokenResourceError:
+            pass
+        except BaseException:  # cancelled: the stream that would close it does not exist yet
+            await trio.aclose_forcefully(transport)
+            raise
+        return (context if context is not None else contexts.current), data
+
     async def _handshake(
-        self, stream: TLSStream, address: Address
+        self, stream: TLSStream, address: Address, deadline: float
     ) -> tuple[PeerInfo | None, str, str | None]:
         """The peer's info, or None with why: (info, close reason, handshake error)."""
         started = trio.current_time()
         try:
-            with trio.fail_after(self.settings.handshake_timeout):
+            with trio.fail_at(deadline):
                 await stream.do_handshake()
         except trio.TooSlowError:
             self.stats.handshakes_failed["timeout"] += 1
