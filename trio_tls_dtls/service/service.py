@@ -27,6 +27,7 @@ from ..drivers.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler, op
 from ..drivers.listeners import normalize_address, open_tcp_listeners
 from ..drivers.offload import CryptoOffload
 from ..drivers.tls.server import TLSHandler, TLSServer, echo_handler
+from .file_watch import FileWatch, watched_files
 
 __all__ = ["Service", "serve"]
 
@@ -56,6 +57,8 @@ class Service:
         if not (tls or dtls):
             raise ConfigError("nothing to serve: enable TLS, DTLS or both")
         self.settings = settings
+        # The files as they were before they were read: what upkeep compares with.
+        self.files = FileWatch(watched_files(settings))
         self.offload = offload if offload is not None else CryptoOffload(settings.offload)
         self.tls: TLSServer | None = None
         self.dtls: DTLSServer | None = None
@@ -171,6 +174,7 @@ class Service:
         resumes after it. If a file is missing or bad, the old certificates
         stay in use, the reason is logged, and this returns False.
         """
+        self.files.changed()  # what is read now is what the next look compares with
         try:
             # Both protocols' files are read before either changes.
             commits = [contexts.prepare_reload() for contexts in self._contexts()]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import trio
 
 from .drain import GracefulStop
-from .file_watch import FileWatch, watched_files
+from .file_watch import FileWatch
 from .service import Service
 
 __all__ = ["upkeep"]
@@ -39,10 +39,11 @@ async def upkeep(stop: GracefulStop) -> None:
 
 async def _reload_on_change(stop: GracefulStop, interval: float) -> None:
     # A handful of stat calls every few seconds: cheaper inline than a thread hop.
-    watch = FileWatch(watched_files(stop.service.settings))
+    # service.files was taken before the files were first read, and again at
+    # each reload, so a change is neither missed nor (after a SIGHUP) reloaded twice.
     while True:
         await trio.sleep(interval)
-        if changed := watch.changed():
+        if changed := stop.service.files.changed():
             stop.reload(FileWatch.describe(changed))
 
 
