@@ -289,3 +289,12 @@ def test_a_dtls_hello_with_a_ticket_names_its_key(pki: PKIFiles) -> None:
     contexts.rotate()
     assert contexts.for_datagram(hello) is contexts.fronts[1].context
     assert contexts.for_datagram(fresh_hello) is contexts.current
+
+
+@pytest.mark.parametrize("name", ["reload_interval", "ticket_key_rotation"])
+def test_the_schedules_take_seconds_or_zero_for_off(pki: PKIFiles, name: str) -> None:
+    assert getattr(pki.server_settings(**{name: 0}), name) == 0.0
+    assert getattr(pki.server_settings(**{name: 5}), name) == 5.0
+    for bad in (-1, float("inf"), True, "10"):
+        with pytest.raises(ConfigError, match=name):
+            pki.server_settings(**{name: bad})
