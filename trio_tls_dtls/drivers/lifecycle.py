@@ -56,7 +56,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Concatenate, Generic, ParamSpec, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import trio
 
@@ -114,7 +114,7 @@ class LifecycleStats(CloseCounts, Protocol):
     idle_timeouts: int
 
 
-P = ParamSpec("P")
+T = TypeVar("T")
 C = TypeVar("C", bound=Conversation)
 
 Opened = tuple[C, trio.CancelScope, Address]
@@ -122,14 +122,16 @@ Opened = tuple[C, trio.CancelScope, Address]
 cuts it short (and carries its idle deadline), the peer's address."""
 
 
-class Lifecycle(Generic[P, C]):
+class Lifecycle(Generic[T, C]):
     """One server's way of running each connection or peer; see the module docstring.
 
-    *open* takes what the server starts the task with (:meth:`run`'s
-    arguments) and returns :data:`Opened`, or None if it refused (having
-    closed, counted and logged that itself). *ended* gets what *open*
-    returned and the same arguments, once the record is out, also when
-    *open* raised.
+    *open* takes the ticket the server starts the task with (:meth:`run`'s
+    one argument: a TLS server's accepted socket, a DTLS peer's table key,
+    entry and engine) and returns :data:`Opened`, or None if it refused
+    (having closed, counted and logged that itself). *ended* gets what *open*
+    returned and the ticket, once the record is out; also when *open* raised.
+    The ticket is one argument, not ``*args``: a varargs tuple and a kwargs
+    dict would be held by every idle connection's frame.
     """
 
     def __init__(
@@ -144,8 +146,8 @@ class Lifecycle(Generic[P, C]):
         handler: Callable[[C, PeerInfo], Awaitable[object]],
         stats: LifecycleStats,
         on_close: CloseSink | None,
-        open: Callable[P, Awaitable[Opened[C] | None]],
-        ended: Callable[Concatenate[Opened[C] | None, P], object],
+        open: Callable[[T], Awaitable[Opened[C] | None]],
+        ended: Callable[[Opened[C] | None, T], object],
     ) -> None:
         self.transport = transport
         self.label = transport.lower()
@@ -166,11 +168,11 @@ class Lifecycle(Generic[P, C]):
         self._one_ended = trio.Event()
         self._refusal_log = LogThrottle()
 
-    async def run(self, *args: P.args, **kwargs: P.kwargs) -> None:
+    async def run(self, ticket: T) -> None:
         """One connection's or peer's whole life: the server starts this as its task."""
         opened: Opened[C] | None = None
         try:
-            opened = await self._open(*args, **kwargs)
+            opened = await self._open(ticket)
             if opened is None:
                 return
             conn, scope, address = opened
@@ -221,7 +223,7 @@ class Lifecycle(Generic[P, C]):
                         )
                     )
         finally:
-            self._ended(opened, *args, **kwargs)
+            self._ended(opened, ticket)
             self._one_ended.set()
 
     async def _handshake(

@@ -24,9 +24,9 @@ import errno
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 from OpenSSL import SSL
@@ -186,8 +186,6 @@ class DTLSServer:
             ended=self._ended,
         )
         """Each peer's life, from its handshake to its close record."""
-        # What _start_peer starts for an admitted peer: its whole life.
-        self._peer_task = self.lifecycle.run
 
     @property
     def addresses(self) -> list[Address]:
@@ -393,26 +391,30 @@ class DTLSServer:
 
     # -- one peer --------------------------------------------------------------------
 
-    async def _open(
+    def _peer_task(
         self, key: tuple[int, Address], peer: _Peer, engine: DTLSEngine
-    ) -> Opened[DTLSChannel]:
+    ) -> Coroutine[Any, Any, None]:
+        """The task _start_peer starts for an admitted peer: its whole life (the lifecycle)."""
+        return self.lifecycle.run((key, peer, engine))
+
+    async def _open(self, ticket: _PeerTicket) -> Opened[DTLSChannel]:
         """The channel of a peer the cookie gate and the limits admitted."""
+        key, peer, engine = ticket
         channel = DTLSChannel(peer.link, engine, offload=self.offload, peer_address=key[1])
         peer.channel = channel
         return channel, peer.scope, key[1]
 
-    def _ended(
-        self,
-        opened: Opened[DTLSChannel] | None,
-        key: tuple[int, Address],
-        peer: _Peer,
-        engine: DTLSEngine,
-    ) -> None:
+    def _ended(self, opened: Opened[DTLSChannel] | None, ticket: _PeerTicket) -> None:
         """A peer has ended (its record is out): it leaves the table and its source's count."""
+        key, peer, _ = ticket
         self.peers.remove(key, peer)
         self.stats.peers_active -= 1
         if self.source_limits is not None:
             self.source_limits.release(key[1][0])
+
+
+# What a peer's task starts with: its table key, its entry, its engine.
+_PeerTicket = tuple[tuple[int, Address], _Peer, DTLSEngine]
 
 
 def cookie_secrets_for(settings: ServerSettings) -> CookieSecrets:
