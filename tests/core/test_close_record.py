@@ -60,16 +60,8 @@ def test_a_failed_handshake_line_has_its_error_and_dashes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
-    record = CloseRecord(
-        reason="handshake_failed",
-        transport="tls",
-        peer=("127.0.0.1", 5),
-        info=None,
-        bytes_in=0,
-        bytes_out=0,
-        duration=0.01,
-        handshake_error="peer did not return a certificate",
-    )
+    error = "peer did not return a certificate"
+    record = CloseRecord("handshake_failed", "tls", ("127.0.0.1", 5), None, 0, 0, 0.01, error)
     log_close(record)
     assert caplog.records[0].getMessage() == (
         "closed peer=127.0.0.1:5 transport=tls protocol=- cipher=- client_cert=- resumed=- "

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -24,14 +25,21 @@ from trio_tls_dtls import open_dtls_channel, open_tls_stream
 from trio_tls_dtls.core.close_record import CloseRecord
 from trio_tls_dtls.core.errors import HandshakeError
 from trio_tls_dtls.core.peer_info import Address, PeerInfo
+from trio_tls_dtls.core.settings import CertificateSettings, ServerSettings
 from trio_tls_dtls.drivers.dtls.server import DTLSServer, dtls_echo_handler, serve_dtls
-from trio_tls_dtls.drivers.lifecycle import Lifecycle, Opened
+from trio_tls_dtls.drivers.lifecycle import Lifecycle, Opened, Transport
 from trio_tls_dtls.drivers.tls.server import TLSServer, TLSServerStats, echo_handler, serve_tls
 
 LOCAL = "127.0.0.1"
 ADDRESS: Address = ("192.0.2.7", 40000)
 HANDSHAKE_TIMEOUT = 5.0
 IDLE_TIMEOUT = 30.0
+# Only the timeouts matter here: the fake conversations need no certificate.
+SETTINGS = ServerSettings(
+    certificate=CertificateSettings(cert_file=Path("unused.pem"), key_file=Path("unused.pem")),
+    handshake_timeout=HANDSHAKE_TIMEOUT,
+    idle_timeout=IDLE_TIMEOUT,
+)
 
 
 class FakeConversation:
@@ -109,15 +117,11 @@ class Harness:
 
     def __post_init__(self) -> None:
         self.lifecycle = Lifecycle(
-            transport="TLS",
-            noun="connection",
-            logger=logging.getLogger("tests.lifecycle"),
-            close_timeout=2.0,
-            handshake_timeout=HANDSHAKE_TIMEOUT,
-            idle_timeout=IDLE_TIMEOUT,
-            handler=self.handler,
-            stats=self.stats,
-            on_close=None if self.default_sink else self.sink or self.records.append,
+            Transport("TLS", "connection", logging.getLogger("tests.lifecycle"), 2.0),
+            SETTINGS,
+            self.handler,
+            self.stats,
+            None if self.default_sink else self.sink or self.records.append,
             open=self._open,
             ended=self._ended,
         )

@@ -6,10 +6,10 @@ in one task, :meth:`Lifecycle.run`::
     admit -> handshake (deadline) -> handler (idle deadline) -> close (bounded)
           -> close record to the sink -> the server's bookkeeping
 
-What differs between the two is passed in, and small: the transport's name
-(``TLS``, ``DTLS``: log lines and the record's ``transport``), the server's
-logger (lines keep their logger's name), the bound on closing, and two hooks
-of the server. *open* admits and builds the stream or channel: a TLS server
+What differs between the two is passed in, and small: a :class:`Transport`
+(the name, ``TLS`` or ``DTLS``, for log lines and the record; the server's
+logger, so lines keep their logger's name; the bound on closing) and two
+hooks of the server. *open* admits and builds the stream or channel: a TLS server
 reads the client's address, an optional PROXY header and the per-source
 limits there; a DTLS peer was admitted by the cookie gate before its task
 began, so its *open* only makes the channel. *ended* undoes what *open*
@@ -55,6 +55,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Generic, Protocol, TypeVar
 
@@ -71,14 +72,29 @@ from ..core.close_record import (
 from ..core.errors import HandshakeError
 from ..core.latency_histogram import LatencyHistogram
 from ..core.peer_info import Address, PeerInfo, format_address
+from ..core.settings import ServerSettings
 from ..core.source_limits import LogThrottle, Refusal
 from .idle_deadline import IdleDeadline
 
-__all__ = ["Conversation", "Lifecycle", "LifecycleStats", "Opened"]
+__all__ = ["Conversation", "Lifecycle", "LifecycleStats", "Opened", "Transport"]
 
 # A drain's close_notify waits while the handler is sending: this many tries.
 _GOODBYE_ATTEMPTS = 20
 _GOODBYE_RETRY = 0.05
+
+
+@dataclass(frozen=True)
+class Transport:
+    """What the lifecycle says and does differently for TLS and for DTLS."""
+
+    name: str
+    """``TLS`` or ``DTLS`` in log lines; lowercase, the close record's ``transport``."""
+    noun: str
+    """What one is called in log lines: ``connection``, ``peer``."""
+    logger: logging.Logger
+    """The server's logger: its lines keep their logger's name."""
+    close_timeout: float
+    """The bound on closing, and on each close_notify a drain sends."""
 
 
 class Conversation(Protocol):
@@ -136,26 +152,22 @@ class Lifecycle(Generic[T, C]):
 
     def __init__(
         self,
-        *,
-        transport: str,
-        noun: str,
-        logger: logging.Logger,
-        close_timeout: float,
-        handshake_timeout: float,
-        idle_timeout: float | None,
+        transport: Transport,
+        settings: ServerSettings,
         handler: Callable[[C, PeerInfo], Awaitable[object]],
         stats: LifecycleStats,
         on_close: CloseSink | None,
+        *,
         open: Callable[[T], Awaitable[Opened[C] | None]],
         ended: Callable[[Opened[C] | None, T], object],
     ) -> None:
-        self.transport = transport
-        self.label = transport.lower()
-        self.noun = noun
-        self.logger = logger
-        self.close_timeout = close_timeout
-        self.handshake_timeout = handshake_timeout
-        self.idle_timeout = idle_timeout
+        self.transport = transport.name
+        self.label = transport.name.lower()
+        self.noun = transport.noun
+        self.logger = transport.logger
+        self.close_timeout = transport.close_timeout
+        self.handshake_timeout = settings.handshake_timeout
+        self.idle_timeout = settings.idle_timeout
         self.handler = handler
         self.stats = stats
         self.on_close: CloseSink = (

@@ -47,7 +47,7 @@ from ...core.peer_info import Address, PeerInfo, format_address
 from ...core.peer_table import PeerTable
 from ...core.settings import ServerSettings
 from ...core.source_limits import Refusal, SourceLimits
-from ..lifecycle import Lifecycle, Opened
+from ..lifecycle import Lifecycle, Opened, Transport
 from ..listeners import normalize_address, open_udp_sockets
 from ..offload import CryptoOffload
 from .channel import DTLSChannel
@@ -62,6 +62,8 @@ DTLSHandler = Callable[[DTLSChannel, PeerInfo], Awaitable[object]]
 
 # How long a peer may take to say goodbye (one close_notify datagram).
 CLOSE_TIMEOUT = 1.0
+
+_TRANSPORT = Transport("DTLS", "peer", logger, CLOSE_TIMEOUT)
 
 # No DTLS record is longer than 2^14 bytes of plaintext plus 2048 of
 # expansion plus its header; a datagram larger than that is not DTLS.
@@ -173,17 +175,7 @@ class DTLSServer:
             exempt=settings.per_source_exempt,
         )
         self.lifecycle = Lifecycle(
-            transport="DTLS",
-            noun="peer",
-            logger=logger,
-            close_timeout=CLOSE_TIMEOUT,
-            handshake_timeout=settings.handshake_timeout,
-            idle_timeout=settings.idle_timeout,
-            handler=handler,
-            stats=self.stats,
-            on_close=on_close,
-            open=self._open,
-            ended=self._ended,
+            _TRANSPORT, settings, handler, self.stats, on_close, open=self._open, ended=self._ended
         )
         """Each peer's life, from its handshake to its close record."""
 

@@ -29,7 +29,7 @@ from ...core.peer_info import Address, PeerInfo, format_address
 from ...core.proxy_protocol import MAX_HEADER_LENGTH, ProxyHeaderError, ProxyHeaderParser
 from ...core.settings import ServerSettings
 from ...core.source_limits import Refusal, SourceLimits
-from ..lifecycle import Lifecycle, Opened
+from ..lifecycle import Lifecycle, Opened, Transport
 from ..listeners import normalize_address, open_tcp_listeners
 from ..offload import CryptoOffload
 from .stream import TLSStream
@@ -44,6 +44,8 @@ TLSHandler = Callable[[TLSStream, PeerInfo], Awaitable[object]]
 # How long a connection may take to say goodbye (our close_notify) after the
 # handler returns, before the socket is simply closed.
 CLOSE_TIMEOUT = 2.0
+
+_TRANSPORT = Transport("TLS", "connection", logger, CLOSE_TIMEOUT)
 
 # Accept errors that mean "out of resources right now": pause, don't die.
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -113,17 +115,7 @@ class TLSServer:
             exempt=settings.per_source_exempt,
         )
         self.lifecycle = Lifecycle(
-            transport="TLS",
-            noun="connection",
-            logger=logger,
-            close_timeout=CLOSE_TIMEOUT,
-            handshake_timeout=settings.handshake_timeout,
-            idle_timeout=settings.idle_timeout,
-            handler=handler,
-            stats=self.stats,
-            on_close=on_close,
-            open=self._open,
-            ended=self._ended,
+            _TRANSPORT, settings, handler, self.stats, on_close, open=self._open, ended=self._ended
         )
         """Each connection's life, from admission to its close record."""
 
