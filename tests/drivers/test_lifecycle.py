@@ -114,6 +114,9 @@ class Harness:
         default_factory=list
     )
     scopes: dict[FakeConversation, trio.CancelScope] = field(default_factory=dict)
+    """The open ones a drain says goodbye to (until they have *left*)."""
+    open_count: int = 0
+    """Like a TLS server's ``stats.active``: down once the record is out (*ended*)."""
 
     def __post_init__(self) -> None:
         self.lifecycle = Lifecycle(
@@ -123,6 +126,7 @@ class Harness:
             self.stats,
             None if self.default_sink else self.sink or self.records.append,
             open=self._open,
+            left=self._left,
             ended=self._ended,
         )
 
@@ -131,14 +135,23 @@ class Harness:
         if self.refuse:
             return None
         scope = self.scopes[conn] = trio.CancelScope()
+        self.open_count += 1
         return conn, scope, ADDRESS
 
+    def _left(self, opened: Opened[FakeConversation], conn: FakeConversation) -> None:
+        assert not conn.closed  # before the close
+        del self.scopes[conn]
+
     def _ended(self, opened: Opened[FakeConversation] | None, conn: FakeConversation) -> None:
-        self.scopes.pop(conn, None)
+        assert opened is None or opened[0].closed  # after the close
+        if opened is not None:
+            assert self.records or self.sink or self.default_sink  # after the record
+            self.open_count -= 1
         self.ended.append((opened, conn))
 
-    def open_now(self) -> list[tuple[FakeConversation | None, Callable[[], object]]]:
-        return [(conn, scope.cancel) for conn, scope in self.scopes.items()]
+    async def drain(self) -> None:
+        open_now = [(conn, scope.cancel) for conn, scope in self.scopes.items()]
+        await self.lifecycle.drain(open_now, lambda: self.open_count)
 
     @property
     def record(self) -> CloseRecord:
@@ -294,7 +307,7 @@ def test_drain_says_goodbye_and_waits() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_one, harness, conn)
             await trio.sleep(1)
-            await harness.lifecycle.drain(harness.open_now(), lambda: len(harness.scopes))
+            await harness.drain()
             # The drain returned only once the connection had ended.
             assert harness.record.reason == "drained"
         assert conn.goodbyes == 1
@@ -313,7 +326,7 @@ def test_drain_cuts_a_handshake_and_a_connection_that_cannot_say_goodbye() -> No
             nursery.start_soon(run_one, harness, gone)
             await trio.sleep(1)
             with trio.move_on_after(HANDSHAKE_TIMEOUT / 2):  # well before any deadline
-                await harness.lifecycle.drain(harness.open_now(), lambda: len(harness.scopes))
+                await harness.drain()
         assert [r.reason for r in harness.records] == ["drained", "drained"]
         assert sorted(r.info is None for r in harness.records) == [False, True]
 

@@ -3,19 +3,23 @@
 Both servers run every connection (TLS) or peer (DTLS) through the same life,
 in one task, :meth:`Lifecycle.run`::
 
-    admit -> handshake (deadline) -> handler (idle deadline) -> close (bounded)
-          -> close record to the sink -> the server's bookkeeping
+    open (admit) -> handshake (deadline) -> handler (idle deadline)
+         -> left -> close (bounded) -> close record to the sink -> ended
 
 What differs between the two is passed in, and small: a :class:`Transport`
 (the name, ``TLS`` or ``DTLS``, for log lines and the record; the server's
-logger, so lines keep their logger's name; the bound on closing) and two
-hooks of the server. *open* admits and builds the stream or channel: a TLS server
+logger, so lines keep their logger's name; the bound on closing) and the
+server's hooks. *open* admits and builds the stream or channel: a TLS server
 reads the client's address, an optional PROXY header and the per-source
 limits there; a DTLS peer was admitted by the cookie gate before its task
-began, so its *open* only makes the channel. *ended* undoes what *open*
-registered (the table a drain walks, the per-source count, the open count).
-How to cut one short (cancel its scope; stop a DTLS peer, which also closes
-its link) is passed to :meth:`Lifecycle.say_goodbye`.
+began, so its *open* only makes the channel. *left* runs as soon as the
+reason is known, with no checkpoint since: the connection leaves the tables
+new work finds it in (the drain's list; the DTLS peer table, so that the
+next datagram from its address meets the gate as a stranger's). *ended* runs
+once the record is out: a TLS server decrements the open count there, so
+whoever waits for it to fall finds the close already counted. How to cut
+one short (cancel its scope; stop a DTLS peer, which also closes its link)
+is passed to :meth:`Lifecycle.say_goodbye`.
 
 Why each one ended (a :data:`~trio_tls_dtls.core.close_record.CloseReason`)
 is decided here, in one place:
@@ -144,8 +148,9 @@ class Lifecycle(Generic[T, C]):
     *open* takes the ticket the server starts the task with (:meth:`run`'s
     one argument: a TLS server's accepted socket, a DTLS peer's table key,
     entry and engine) and returns :data:`Opened`, or None if it refused
-    (having closed, counted and logged that itself). *ended* gets what *open*
-    returned and the ticket, once the record is out; also when *open* raised.
+    (having closed, counted and logged that itself). *left* gets what *open*
+    returned and the ticket before the close; *ended* after the record (also
+    with None, when *open* refused or raised).
     The ticket is one argument, not ``*args``: a varargs tuple and a kwargs
     dict would be held by every idle connection's frame.
     """
@@ -159,7 +164,8 @@ class Lifecycle(Generic[T, C]):
         on_close: CloseSink | None,
         *,
         open: Callable[[T], Awaitable[Opened[C] | None]],
-        ended: Callable[[Opened[C] | None, T], object],
+        left: Callable[[Opened[C], T], object],
+        ended: Callable[[Opened[C] | None, T], object] | None = None,
     ) -> None:
         self.transport = transport.name
         self.label = transport.name.lower()
@@ -174,6 +180,7 @@ class Lifecycle(Generic[T, C]):
             on_close if on_close is not None else partial(_count_and_log, stats)
         )
         self._open = open
+        self._left = left
         self._ended = ended
         self.draining = False
         """True once a drain began: a handler that returns, or a cut, means ``drained``."""
@@ -216,6 +223,7 @@ class Lifecycle(Generic[T, C]):
                     "%s handler failed for %s", self.transport, format_address(address)
                 )
             finally:
+                self._left(opened, ticket)
                 # aclose closes the socket even when this deadline cancels it.
                 # A hard stop makes aclose raise Cancelled: the record goes out anyway.
                 try:
@@ -235,7 +243,8 @@ class Lifecycle(Generic[T, C]):
                         )
                     )
         finally:
-            self._ended(opened, ticket)
+            if self._ended is not None:
+                self._ended(opened, ticket)
             self._one_ended.set()
 
     async def _handshake(

@@ -115,7 +115,14 @@ class TLSServer:
             exempt=settings.per_source_exempt,
         )
         self.lifecycle = Lifecycle(
-            _TRANSPORT, settings, handler, self.stats, on_close, open=self._open, ended=self._ended
+            _TRANSPORT,
+            settings,
+            handler,
+            self.stats,
+            on_close,
+            open=self._open,
+            left=self._left,
+            ended=self._ended,
         )
         """Each connection's life, from admission to its close record."""
 
@@ -194,13 +201,14 @@ class TLSServer:
         scope = self._connections[stream] = trio.CancelScope()
         return stream, scope, address
 
+    def _left(self, opened: Opened[TLSStream], transport: trio.SocketStream) -> None:
+        """A connection is closing: a drain no longer says goodbye to it."""
+        del self._connections[opened[0]]
+
     def _ended(self, opened: Opened[TLSStream] | None, transport: trio.SocketStream) -> None:
         """A connection the accept loop counted has ended (its record is out)."""
-        if opened is not None:
-            stream, _, address = opened
-            del self._connections[stream]
-            if self.source_limits is not None:
-                self.source_limits.release(address[0])
+        if opened is not None and self.source_limits is not None:
+            self.source_limits.release(opened[2][0])
         self.stats.active -= 1
         self.stats.closed += 1
 
