@@ -317,3 +317,14 @@ def test_dtls_wrong_key_stalls_the_handshake() -> None:
     with pytest.raises(AssertionError, match="did not converge"):
         dtls_handshake(client, server)
     assert not server.handshake_done and not client.handshake_done
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_client_without_psk_on_a_psk_only_server(pki: PKIFiles, version: str) -> None:
+    settings = ServerSettings(psk_keys={"s": KEY}, min_version=version, max_version=version)
+    client = TLSEngine.client(build_client_context(pki.client_settings()), "localhost")
+    with pytest.raises(HandshakeError) as info:
+        handshake(client, TLSEngine.server(build_server_context(settings)))
+    assert info.value.reason.startswith(
+        "no pre-shared key offered, and no certificate to use instead ("
+    )

@@ -405,13 +405,16 @@ def explain_failure(conn: SSL.Connection, openssl_reason: str, *, server_side: b
     notes = _notes.get(conn)
     if notes is not None and notes.refusal is not None:
         return notes.refusal
-    if notes is not None and notes.unknown_psk and not _lib_any.SSL_get_certificate(conn._ssl):
+    policy = _policies.get(conn.get_context())
+    no_certificate = server_side and not _lib_any.SSL_get_certificate(conn._ssl)
+    if no_certificate and notes is not None and notes.unknown_psk:
         # A TLS 1.3 server with no certificate to fall back on.
         return f"{notes.unknown_psk} ({openssl_reason})"
+    if no_certificate and policy is not None and policy.psk_table and notes is None:
+        return f"no pre-shared key offered, and no certificate to use instead ({openssl_reason})"
     wrong_key = any(sign in openssl_reason for sign in _WRONG_KEY_SIGNS)
     if server_side and notes is not None and notes.psk_identity is not None and wrong_key:
         return f"wrong PSK for identity {notes.psk_identity!r} ({openssl_reason})"
-    policy = _policies.get(conn.get_context())
     if not server_side and policy is not None and policy.client_psk is not None and wrong_key:
         identity = policy.client_psk[0].decode()
         return f"server refused PSK identity {identity!r}: unknown or wrong key ({openssl_reason})"

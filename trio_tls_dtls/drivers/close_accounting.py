@@ -2,8 +2,10 @@
 
 Logged on ``trio_tls_dtls.access`` (route it apart from the rest if you
 like) as ``closed peer=… transport=… protocol=… cipher=… client_cert=…
-resumed=… bytes_in=… bytes_out=… duration_ms=… reason=…``; the same fields
-travel as ``record.conn`` (a dict) for the JSON log format.
+resumed=… bytes_in=… bytes_out=… duration_ms=… reason=…``, then
+``handshake_error=…`` when the handshake failed and ``psk_identity=…`` when a
+pre-shared key authenticated it (fields are only ever added at the end); the
+same fields travel as ``record.conn`` (a dict) for the JSON log format.
 
 Reasons: ``peer_closed`` (the peer's close_notify), ``handler_done`` (our
 handler returned first), ``idle_timeout``, ``handshake_timeout``,
@@ -88,6 +90,8 @@ def log_close(
     }
     if handshake_error:
         fields["handshake_error"] = handshake_error
+    if info is not None and info.psk_identity is not None:
+        fields["psk_identity"] = info.psk_identity
     text = " ".join(f"{k}={_text(v)}" for k, v in fields.items())
     access_logger.info("closed %s", text, extra={"conn": fields})
 
