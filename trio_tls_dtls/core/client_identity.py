@@ -12,9 +12,10 @@ The rules, kept deliberately small
 ``allow_client_subjects``: a certificate whose subject equals one entry.
 Entries are RFC 4514 strings, as :attr:`PeerInfo.subject` and the access
 log's ``client_cert`` field print them (``CN=device-7,O=Example``); they are
-parsed and compared as names, attribute by attribute, so escaping and
-spaces around ``,`` and ``=`` do not matter but the attributes and their
-order do.
+parsed and compared as names, attribute by attribute, so escaping does not
+matter but the attributes and their order do. (``openssl x509 -subject``
+prints ``O = Example, CN = web`` by default: the same name in the opposite
+order, refused as a syntax error rather than silently never matching.)
 
 ``allow_client_sans``: a certificate with a subject alternative name that
 matches one entry:
@@ -44,7 +45,6 @@ refused ("unable to get certificate CRL").
 from __future__ import annotations
 
 import datetime
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,20 +59,18 @@ __all__ = ["ClientIdentityRules", "load_crls"]
 _CRL_PEM_MARKER = b"-----BEGIN X509 CRL-----"
 
 
-# Spaces around an unescaped separator ("CN = a, O = b", as some tools print
-# names) are not part of RFC 4514; they are dropped rather than refused.
-_SPACED_SEPARATOR = re.compile(r"\s*(?<!\\)([,+=])\s*")
-
-
 def _subject(entry: object) -> x509.Name:
     if not isinstance(entry, str) or not entry.strip():
         raise ConfigError(f"allow_client_subjects: {entry!r} is not a subject like CN=name,O=org")
     try:
-        return x509.Name.from_rfc4514_string(_SPACED_SEPARATOR.sub(r"\1", entry.strip()))
+        # Strict on purpose: "O = Example, CN = web", as openssl prints names
+        # by default, lists the attributes in the opposite order.
+        return x509.Name.from_rfc4514_string(entry)
     except ValueError:
         raise ConfigError(
-            f"allow_client_subjects: cannot parse {entry!r}: expected an RFC 4514 name "
-            "such as CN=device-7,O=Example (attribute types in capitals)"
+            f"allow_client_subjects: cannot parse {entry!r}: expected RFC 4514 "
+            "like CN=web,O=Example (as the access log's client_cert shows it, or "
+            "openssl x509 -noout -subject -nameopt RFC2253)"
         ) from None
 
 
