@@ -4,8 +4,9 @@ pyOpenSSL has no public API for hostname verification, for asking whether a
 session was resumed, or for the certificate verification result. All three
 are one call into the OpenSSL bindings that ship with ``cryptography``
 (``OpenSSL._util.lib``), which pyOpenSSL itself is built on. Keeping them
-here means one module to check when either library moves; the test matrix
-exercises them on the oldest and newest supported versions.
+here (and the callbacks in :mod:`._ossl_callbacks`) means two modules to
+check when either library moves; the test matrix exercises them on the
+oldest and newest supported versions.
 """
 
 from __future__ import annotations

@@ -410,7 +410,7 @@ def explain_failure(conn: SSL.Connection, openssl_reason: str, *, server_side: b
     if no_certificate and notes is not None and notes.unknown_psk:
         # A TLS 1.3 server with no certificate to fall back on.
         return f"{notes.unknown_psk} ({openssl_reason})"
-    if no_certificate and policy is not None and policy.psk_table and notes is None:
+    if no_certificate and policy is not None and policy.psk_table is not None and notes is None:
         return f"no pre-shared key offered, and no certificate to use instead ({openssl_reason})"
     wrong_key = any(sign in openssl_reason for sign in _WRONG_KEY_SIGNS)
     if server_side and notes is not None and notes.psk_identity is not None and wrong_key:
