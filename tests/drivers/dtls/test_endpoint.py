@@ -14,10 +14,10 @@ from tests.core.dtls_pair import first_client_hello
 from tests.helpers import port_of, running_dtls_server
 from trio_tls_dtls import DTLSChannel, HandshakeError, PeerInfo, open_dtls_channel
 from trio_tls_dtls.core.contexts import client_context
-from trio_tls_dtls.core.dtls_records import parse_client_hello
+from trio_tls_dtls.core.dtls_records import MAX_DTLS_DATAGRAM, parse_client_hello
 from trio_tls_dtls.core.engine import DTLSEngine
 from trio_tls_dtls.drivers.dtls.link import SocketLink
-from trio_tls_dtls.drivers.dtls.server import MAX_DTLS_DATAGRAM, DTLSServer
+from trio_tls_dtls.drivers.dtls.server import DTLSServer
 
 ADDRESS = "127.0.0.1"
 

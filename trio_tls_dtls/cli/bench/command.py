@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from ...core.errors import ConfigError, TLSDError
+from ..flag_values import positive_int
 from ..targets import Target, TargetError, connect_failure, parse_target
 from .config import MODES, PROTOS, BenchConfig
 from .load import PhaseResult, open_connection, run_worker
@@ -47,16 +48,6 @@ def _sizes(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"sizes must be positive byte counts, not {text!r}")
     return sizes
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
-    return value
 
 
 def _seconds(text: str) -> float:
@@ -80,7 +71,7 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--proto", choices=PROTOS, default="tls", help="default: tls")
     p.add_argument("--mode", choices=MODES, default="echo", help="default: echo")
     p.add_argument(
-        "--clients", type=_positive_int, default=64, metavar="N", help="concurrent clients (64)"
+        "--clients", type=positive_int, default=64, metavar="N", help="concurrent clients (64)"
     )
     p.add_argument(
         "--sizes",
@@ -92,7 +83,7 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     amount = p.add_mutually_exclusive_group()
     amount.add_argument(
         "--count",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         metavar="N",
         help="operations per client per size (default: 100)",
@@ -101,7 +92,7 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         "--duration", type=_seconds, metavar="S", help="seconds per size instead of --count"
     )
     p.add_argument(
-        "--procs", type=_positive_int, default=1, metavar="K", help="client processes (default: 1)"
+        "--procs", type=positive_int, default=1, metavar="K", help="client processes (default: 1)"
     )
     p.add_argument("--mtls", action="store_true", help="present --cert/--key (mutual TLS)")
     p.add_argument("--cert", type=Path, help="client certificate (PEM)")
@@ -112,7 +103,7 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--resume", action="store_true", help="handshake mode: resume sessions")
     p.add_argument(
         "--window",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="N",
         help="bulk mode: messages in flight per connection (default: 4)",

@@ -1,17 +1,19 @@
 """The DTLS endpoint: one receive loop per UDP socket, a cookie gate, a peer table.
 
-Every datagram from an address we do not know goes through the *cookie gate*:
-it must be a well-formed ClientHello, and unless it carries a cookie we
-issued (an HMAC over the peer's address and its ClientHello, see
-:mod:`.cookie`), the only answer is a HelloVerifyRequest — no larger than the
-ClientHello, and made without allocating anything that outlives the
-datagram. Only a ClientHello with a valid cookie, which proves the peer can
-receive at its claimed address, gets a peer-table entry, an OpenSSL
-connection and a task.
+Every datagram goes first through the *cookie gate*,
+:func:`~trio_tls_dtls.core.cookie_gate.decide`, a pure function of the
+datagram, its source address, the time and what this endpoint knows (is
+there a peer at that address, which ClientHello admitted it, are we
+draining). This module only carries out the decision:
 
-Datagrams from known peers go into that peer's bounded queue. A full queue
-drops the datagram, exactly as a congested link would, so a slow or hostile
-peer can never stall the loop that serves everyone else.
+* ``Drop``: count it under its reason in ``stats.dropped``;
+* ``Deliver``: put it in the known peer's bounded queue. A full queue drops
+  the datagram (``queue_full``), exactly as a congested link would, so a
+  slow or hostile peer can never stall the loop that serves everyone else;
+* ``Reply``: send the HelloVerifyRequest (never larger than the ClientHello)
+  and keep nothing;
+* ``Admit``: the cookie proved the address, so apply the per-source limits,
+  then make the OpenSSL connection, the peer-table entry and the task.
 """
 
 from __future__ import annotations
@@ -29,15 +31,10 @@ import trio
 from OpenSSL import SSL
 
 from ...core.contexts import build_server_context
+from ...core.cookie_gate import Admit, Deliver, Drop, Reply, decide
 from ...core.dtls_cookie import CookieSecrets
-from ...core.dtls_records import (
-    ClientHello,
-    build_hello_verify_request,
-    cookie_input,
-    parse_client_hello,
-)
 from ...core.engine import DTLSEngine
-from ...core.errors import HandshakeError, RecordParseError
+from ...core.errors import HandshakeError
 from ...core.peer_info import Address, PeerInfo, format_address
 from ...core.peer_table import PeerTable
 from ...core.settings import ServerSettings
@@ -57,12 +54,6 @@ DTLSHandler = Callable[[DTLSChannel, PeerInfo], Awaitable[object]]
 """``async def handler(channel, peer)``: serve one DTLS peer after its handshake."""
 
 CLOSE_TIMEOUT = 1.0
-
-# No DTLS record is longer than 2^14 bytes of plaintext plus 2048 of
-# expansion plus its header; a datagram larger than that is not DTLS.
-MAX_DTLS_DATAGRAM = 2**14 + 2048 + 13
-
-_HANDSHAKE = 22
 
 # Linux reports ICMP errors for earlier sends on unconnected UDP sockets as
 # receive errors; they say nothing about this endpoint.
@@ -116,18 +107,6 @@ class _Peer:
         self.stopped = True
         self.scope.cancel()
         self.link.close()
-
-
-def _looks_like_client_hello(datagram: bytes) -> bool:
-    # Handshake record, epoch 0, handshake type client_hello: cheap enough
-    # to run on every datagram from a known peer.
-    return (
-        len(datagram) > 25
-        and datagram[0] == _HANDSHAKE
-        and datagram[3] == 0
-        and datagram[4] == 0
-        and datagram[13] == 1
-    )
 
 
 class DTLSServer:
@@ -225,7 +204,10 @@ class DTLSServer:
                     if exc.errno not in _ICMP_ERRORS:
                         raise
                     continue
-                await self._on_datagram(index, datagram, sockaddr, sender, nursery)
+                # One clock reading per wake-up: a cookie epoch lasts a
+                # minute, a batch a few milliseconds.
+                now = self.clock()
+                await self._on_datagram(index, datagram, sockaddr, now, sender, nursery)
                 # Whatever else is already queued, without a trip through the
                 # scheduler per datagram; the await above is the checkpoint.
                 for _ in range(_RECEIVE_BATCH):
@@ -237,7 +219,7 @@ class DTLSServer:
                         if exc.errno not in _ICMP_ERRORS:
                             raise
                         continue
-                    await self._on_datagram(index, datagram, sockaddr, sender, nursery)
+                    await self._on_datagram(index, datagram, sockaddr, now, sender, nursery)
         finally:
             self._closing_senders.append(sender)
 
@@ -246,77 +228,42 @@ class DTLSServer:
         index: int,
         datagram: bytes,
         sockaddr: tuple[object, ...],
+        now: float,
         sender: SocketSender,
         nursery: trio.Nursery,
     ) -> None:
+        """Ask the cookie gate what to do with *datagram*, and do it."""
         self.stats.datagrams_received += 1
         address = normalize_address(sockaddr)
-        if len(datagram) > MAX_DTLS_DATAGRAM:
-            self.stats.dropped["oversized"] += 1
-            return
-        if not datagram:
-            self.stats.dropped["empty"] += 1
-            return
         key = (index, address)
         peer = self.peers.get(key)
-        if peer is not None and not _looks_like_client_hello(datagram):
-            self.peers.touch(key)
-            if not peer.link.deliver(datagram):
-                self.stats.dropped["queue_full"] += 1
-            return
-        await self._client_hello(key, datagram, peer, sender, nursery)
-
-    async def _client_hello(
-        self,
-        key: tuple[int, Address],
-        datagram: bytes,
-        peer: _Peer | None,
-        sender: SocketSender,
-        nursery: trio.Nursery,
-    ) -> None:
-        """The cookie gate (and, for a known address, retransmit vs. restart)."""
-        address = key[1]
-        if not self.admitting:
-            self.stats.dropped["draining"] += 1
-            return
-        if datagram[0] != _HANDSHAKE:
-            self.stats.dropped["not_handshake"] += 1
-            return
-        try:
-            hello = parse_client_hello(datagram)
-        except RecordParseError:
-            if peer is not None:  # let that peer's OpenSSL judge it
-                peer.link.deliver(datagram)
-            else:
-                self.stats.dropped["malformed"] += 1
-            return
-        if peer is not None and hello.cookie and cookie_input(hello) == peer.hello_id:
-            # The same ClientHello again: the peer's retransmission.
-            peer.link.deliver(datagram)
-            return
-        now = self.clock()
-        if not hello.cookie or not self.cookies.verify(hello.cookie, address, hello, now):
-            if hello.cookie:
-                self.stats.cookies_rejected += 1
-            await self._send_hello_verify_request(datagram, hello, address, sender, now)
-            return
-        self.stats.cookies_verified += 1
-        self._start_peer(key, datagram, cookie_input(hello), sender, nursery)
+        decision = decide(
+            datagram,
+            address,
+            now,
+            self.cookies,
+            known_hello_id=None if peer is None else peer.hello_id,
+            admitting=self.admitting,
+        )
+        match decision:
+            case Deliver():
+                assert peer is not None  # the gate delivers only to a known peer
+                self.peers.touch(key)
+                if not peer.link.deliver(datagram):
+                    self.stats.dropped["queue_full"] += 1
+            case Drop(reason=reason):
+                self.stats.dropped[reason] += 1
+            case Reply(hello_verify_request=reply, cookie_rejected=rejected):
+                if rejected:
+                    self.stats.cookies_rejected += 1
+                await self._send_hello_verify_request(reply, address, sender)
+            case Admit():
+                self.stats.cookies_verified += 1
+                self._start_peer(key, datagram, decision, sender, nursery)
 
     async def _send_hello_verify_request(
-        self,
-        datagram: bytes,
-        hello: ClientHello,
-        address: Address,
-        sender: SocketSender,
-        now: float,
+        self, reply: bytes, address: Address, sender: SocketSender
     ) -> None:
-        cookie = self.cookies.generate(address, hello, now)
-        reply = build_hello_verify_request(hello, cookie)
-        if len(reply) > len(datagram):
-            # Never answer with more bytes than we got: no amplification.
-            self.stats.dropped["too_small_to_answer"] += 1
-            return
         try:
             await sender.sendto(reply, address)
         except OSError as exc:
@@ -328,7 +275,7 @@ class DTLSServer:
         self,
         key: tuple[int, Address],
         datagram: bytes,
-        hello_id: bytes,
+        admit: Admit,
         sender: SocketSender,
         nursery: trio.Nursery,
     ) -> None:
@@ -338,8 +285,7 @@ class DTLSServer:
         if limits is not None:
             # A new handshake from a known address and port replaces its old
             # peer: the source's count stays the same once that one ends.
-            replacing = self.peers.get(key) is not None
-            refused = limits.admit(key[1][0], trio.current_time(), replacing=replacing)
+            refused = limits.admit(key[1][0], trio.current_time(), replacing=admit.replaces_peer)
             if refused is not None:
                 self._refuse(key[1], refused)
                 return
@@ -350,7 +296,7 @@ class DTLSServer:
             if limits is not None:
                 limits.release(key[1][0])
             return
-        peer = _Peer(PeerLink(sender, key[1], self.settings.peer_queue_size), hello_id)
+        peer = _Peer(PeerLink(sender, key[1], self.settings.peer_queue_size), admit.hello_id)
         for old in self.peers.add(key, peer):
             if old.link.address == key[1]:
                 self.stats.peers_replaced += 1
