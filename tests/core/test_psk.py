@@ -328,3 +328,41 @@ def test_client_without_psk_on_a_psk_only_server(pki: PKIFiles, version: str) ->
     assert info.value.reason.startswith(
         "no pre-shared key offered, and no certificate to use instead ("
     )
+
+
+def test_tls13_psk_client_with_a_cached_session_is_not_resumed_by_a_psk_server(
+    pki: PKIFiles,
+) -> None:
+    """The PSK server sends tickets it will not honour; the client's next
+    handshake offers one, and the server takes the external PSK instead."""
+    cert = pki.server_settings().certificate
+    server_ctx = build_server_context(ServerSettings(certificate=cert, psk_keys={"s": KEY}))
+    client_ctx = build_client_context(pki.client_settings(psk_identity="s", psk_key=KEY))
+    first, server = TLSEngine.client(client_ctx, "localhost"), TLSEngine.server(server_ctx)
+    handshake(first, server)
+    server.send(b"x")
+    transfer(server, first)
+    assert first.receive(10) == b"x"
+    assert first.session is not None
+    again = TLSEngine.client(client_ctx, "localhost", session=first.session)
+    server = TLSEngine.server(server_ctx)
+    handshake(again, server)
+    for engine in (again, server):
+        info = engine.peer_info(None)
+        assert (info.psk_identity, info.resumed) == ("s", False)
+
+
+def test_tls13_psk_client_resumes_against_a_server_that_resumes(pki: PKIFiles) -> None:
+    """A certificate server that issues tickets: the PSK client's second
+    handshake is a real resumption, and is reported as one."""
+    server_ctx = build_server_context(pki.server_settings())
+    client_ctx = build_client_context(pki.client_settings(psk_identity="s", psk_key=KEY))
+    first, server = TLSEngine.client(client_ctx, "localhost"), TLSEngine.server(server_ctx)
+    handshake(first, server)
+    server.send(b"x")
+    transfer(server, first)
+    assert first.receive(10) == b"x"
+    again = TLSEngine.client(client_ctx, "localhost", session=first.session)
+    handshake(again, TLSEngine.server(server_ctx))
+    info = again.peer_info(None)
+    assert info.resumed and info.psk_identity is None

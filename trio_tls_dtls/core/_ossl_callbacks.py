@@ -43,6 +43,7 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
+from ._ossl import same_session
 from .errors import ConfigError
 from .psk import PSKTable
 
@@ -86,7 +87,7 @@ class _Notes:
     psk_identity: str | None = None
     refusal: str | None = None
     unknown_psk: str | None = None  # TLS 1.3: ignored, unless nothing else works
-    offered_session: bool = False
+    offered_session: SSL.Session | None = None
 
 
 _policies: weakref.WeakKeyDictionary[SSL.Context, _Policy] = weakref.WeakKeyDictionary()
@@ -376,8 +377,10 @@ def is_resumption(conn: SSL.Connection, *, server_side: bool) -> bool:
 
     OpenSSL also says "reused" for a TLS 1.3 handshake with an external PSK.
     A server knows from its callback. A TLS 1.3 client with a PSK resumed
-    only if it offered a session (:func:`offer_session`); it then reports
-    a resumption, as OpenSSL puts the session first and servers take it.
+    only if it still holds the session it offered (:func:`offer_session`):
+    when the server takes the external PSK instead, OpenSSL swaps in a
+    session made from the key. (Tickets that arrive later replace the
+    session too, but only after the handshake, when this is asked.)
     """
     ssl = conn._ssl
     if not _lib_any.SSL_session_reused(ssl):
@@ -388,13 +391,16 @@ def is_resumption(conn: SSL.Connection, *, server_side: bool) -> bool:
     if _lib_any.SSL_version(ssl) != _TLS1_3_VERSION or policy is None or not policy.client_psk:
         return True
     notes = _notes.get(conn)
-    return notes is not None and notes.offered_session
+    if notes is None or notes.offered_session is None:
+        return False
+    current = conn.get_session()
+    return current is not None and same_session(current, notes.offered_session)
 
 
 def offer_session(conn: SSL.Connection, session: SSL.Session) -> None:
-    """Offer *session* for resumption on the client *conn* (and remember that we did)."""
+    """Offer *session* for resumption on the client *conn* (and remember which)."""
     conn.set_session(session)
-    _note(conn).offered_session = True
+    _note(conn).offered_session = session
 
 
 _WRONG_KEY_SIGNS = ("bad record mac", "decrypt", "binder", "digest check failed")
