@@ -296,7 +296,7 @@ async def _hold_connections(cfg: BenchConfig, n: int, measure: Any) -> int:
         async with limit:
             try:
                 with trio.fail_after(30):
-                    conn, _ = await open_connection(cfg, settings)
+                    conn = await open_connection(cfg, settings)
                     await conn.round_trip(b"hello")
                 conns.append(conn)
             except Exception:

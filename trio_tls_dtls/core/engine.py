@@ -14,7 +14,10 @@ is an ordinary state: :meth:`~TLSEngine.do_handshake` returns False and
 :class:`~trio_tls_dtls.core.errors.TLSError` carrying OpenSSL's reason text.
 
 Thread safety: none. One engine is used by one thread at a time; the
-drivers guarantee it by awaiting every offloaded call before the next.
+drivers' EngineGuard (:mod:`trio_tls_dtls.drivers.engine_guard`) keeps it,
+and decides which calls run in a thread. The engine only reports facts the
+decision needs (:attr:`~TLSEngine.sent_first_flight`,
+:attr:`~TLSEngine.verifies_peer`).
 """
 
 from __future__ import annotations
@@ -119,6 +122,20 @@ class TLSEngine:
         """The current session, to resume later with ``TLSEngine.client(session=...)``."""
         return self._conn.get_session()
 
+    @property
+    def sent_first_flight(self) -> bool:
+        """True once :meth:`bytes_to_send` has returned ciphertext.
+
+        For a server: it has answered the ClientHello. (A fact for the
+        drivers' cost model of a handshake step, which lives with them.)
+        """
+        return self._sent_flight
+
+    @property
+    def verifies_peer(self) -> bool:
+        """True if the context asks for the peer's certificate (any mode but VERIFY_NONE)."""
+        return bool(self._conn.get_context().get_verify_mode() != SSL.VERIFY_NONE)
+
     # -- ciphertext in and out ---------------------------------------------
 
     def receive_bytes(self, data: bytes | bytearray | memoryview) -> None:
@@ -141,21 +158,6 @@ class TLSEngine:
         return conn.bio_read(waiting)
 
     # -- handshake -------------------------------------------------------------
-
-    def next_step_is_costly(self) -> bool:
-        """Whether the next :meth:`do_handshake` call is likely to do public-key work.
-
-        A server's expensive step is the one that answers the ClientHello
-        (key exchange and signature: ≈ 250 µs for ECDSA P-256), so every
-        step until it has produced its first flight counts; after that only
-        verifying a client certificate costs as much (≈ 350 µs), while
-        reading the client's Finished and issuing tickets is ≈ 50 µs, less
-        than a thread hop. A client's later steps verify the server's chain
-        and signature, so all of its steps count.
-        """
-        if not self.server_side or not self._sent_flight:
-            return True
-        return bool(self._conn.get_context().get_verify_mode() != SSL.VERIFY_NONE)
 
     def do_handshake(self) -> bool:
         """Advance the handshake: True once it is complete, False if it needs input.

@@ -356,7 +356,8 @@ class ClientSettings:
     offload: OffloadSettings = field(default_factory=OffloadSettings)
     mtu: int = DEFAULT_DTLS_MTU
     """DTLS only: the largest datagram we send, in bytes of ciphertext."""
-    # The pyOpenSSL contexts built from this object (see context.client_context).
+    # The pyOpenSSL contexts built from this object (see context.client_context),
+    # and the drivers' client session caches (drivers/session_cache.py).
     # Per object, not per value: sessions resume only within one context.
     _contexts: dict[str, object] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
