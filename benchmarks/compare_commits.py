@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 if opts.only is None or opts.only in w.name:
                     measure(w, trees, pki, opts.rounds, opts.duration)
         finally:
-            for label, tree in trees.items():
+            for tree in trees.values():
                 if tree != ROOT:
                     subprocess.run(
                         ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
