@@ -49,6 +49,7 @@ from ..core.errors import ConfigError, TLSDError
 from ..core.settings import ServerSettings
 from ..drivers.dtls.server import DTLSHandler, cookie_secrets_for, dtls_echo_handler
 from ..drivers.tls.server import TLSHandler, echo_handler
+from .cpu_quota import usable_cpus
 from .service import Service
 
 __all__ = [
@@ -70,9 +71,14 @@ _POLL = 0.5
 
 
 def worker_count(value: int | str) -> int:
-    """``auto`` (the CPU count) or a positive integer; a ConfigError otherwise."""
+    """``auto`` (the usable CPUs, see :mod:`.cpu_quota`) or a positive integer.
+
+    A ConfigError otherwise. ``auto`` logs what it decided and why.
+    """
     if value == "auto":
-        return os.cpu_count() or 1
+        decision = usable_cpus()
+        logger.info("workers auto: %d (%s)", decision.count, decision.reason)
+        return decision.count
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f'workers must be a positive integer or "auto", not {value!r}')
     return value
