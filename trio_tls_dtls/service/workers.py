@@ -50,7 +50,9 @@ from ..core.settings import ServerSettings
 from ..drivers.dtls.server import DTLSHandler, cookie_secrets_for, dtls_echo_handler
 from ..drivers.tls.server import TLSHandler, echo_handler
 from .cpu_quota import usable_cpus
+from .sd_notify import Notifier, process_notifier
 from .service import Service
+from .supervisor_notify import WAITING_POLL, NotifyRelay
 
 __all__ = [
     "SharedState",
@@ -115,6 +117,7 @@ class Supervisor(Generic[P]):
     _pending: dict[int, float] = field(default_factory=dict)  # index -> when to restart
     _generation: int = 0
     _state: P | None = None
+    _notify: NotifyRelay = field(default_factory=lambda: NotifyRelay(Notifier()))
 
     def run(self) -> int:
         """Start the workers and supervise them until they have all stopped; the exit status."""
@@ -123,6 +126,7 @@ class Supervisor(Generic[P]):
             return self._supervise(old_mask)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            self._notify.close()
 
     @property
     def pids(self) -> list[int]:
@@ -132,6 +136,7 @@ class Supervisor(Generic[P]):
     # -- the parent's loop ---------------------------------------------------------
 
     def _supervise(self, old_mask: _Mask) -> int:
+        self._notify = NotifyRelay(process_notifier())  # systemd hears the supervisor only
         self._state = self.prepare()
         for index in range(self.count):
             self._spawn(index, old_mask)
@@ -141,6 +146,7 @@ class Supervisor(Generic[P]):
         while self._workers or (self._pending and not stopping):
             info = signal.sigtimedwait(_SIGNALS, self._wait_time())
             signum = info.si_signo if info is not None else None
+            self._notify.poll(self._workers, self.pids_of(self._generation), self.count)
             for worker, status in self._reap():
                 current = worker.generation == self._generation
                 if stopping or not current:
@@ -179,6 +185,7 @@ class Supervisor(Generic[P]):
                 else:
                     logger.info("%s received: draining %d workers", name, len(self._workers))
                     stopping = True
+                    self._notify.stopping()
                     self._pending.clear()  # a worker waiting to restart stays down
                 self._signal_all(signal.SIGTERM)
             elif signum == signal.SIGHUP and not stopping:
@@ -199,6 +206,7 @@ class Supervisor(Generic[P]):
                 # second for "stop now" and skip the drain.
                 os.setpgid(0, 0)
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                self._notify.in_worker()
                 status = self.run_worker(index, state)
             except BaseException:
                 traceback.print_exc()
@@ -244,10 +252,11 @@ class Supervisor(Generic[P]):
                 logger.info("worker %d restarted: pid %d", index, self._pid_of(index))
 
     def _wait_time(self) -> float:
+        poll = WAITING_POLL if self._notify.waiting else _POLL  # owed: systemd's READY=1
         if not self._pending:
-            return _POLL
+            return poll
         soonest = min(self._pending.values()) - time.monotonic()
-        return min(_POLL, max(soonest, 0.001))
+        return min(poll, max(soonest, 0.001))
 
     def _pid_of(self, index: int) -> int:
         return max(
@@ -260,10 +269,12 @@ class Supervisor(Generic[P]):
             _kill(pid, signum)
 
     def _reload(self, old_mask: _Mask) -> None:
+        self._notify.reloading()
         try:
             state = self.prepare()
         except TLSDError as exc:
             logger.error("reload failed, keeping the running workers: %s", exc)
+            self._notify.reload_failed()
             return
         old = list(self._workers.values())
         self._pending.clear()  # the new generation starts every index
