@@ -1,4 +1,4 @@
-"""Sessions: lint, typecheck, tests (a version matrix), docs, deploy-check; bench on demand.
+"""Sessions: lint, typecheck, tests (a version matrix), docs, deploy-check; more on demand.
 
 ``nox -s tests`` runs the suite once per matrix entry, each in its own
 virtualenv with exactly those versions installed:
@@ -95,6 +95,18 @@ def deploy_check(session: nox.Session) -> None:
     for version in KUBERNETES_VERSIONS:
         session.run("kubernetes-validate", "--strict", "-k", version, *manifests)
     session.run("python", "deploy/check_manifests.py")
+
+
+@nox.session(name="container-smoke", python=PYTHON)
+def container_smoke(session: nox.Session) -> None:
+    """Build the image with podman and talk to it with openssl; not in the default sessions.
+
+    Needs root, and podman, runc, debootstrap and openssl from Debian: the
+    base image is made with debootstrap, since no image registry is reachable
+    where we build. See deploy/container_smoke.py.
+    """
+    session.install(".")
+    session.run("python", "deploy/container_smoke.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)
