@@ -174,6 +174,43 @@ def test_reloading_and_stopping_messages() -> None:
         notifier.close()
 
 
+class _FakeService:
+    def __init__(self) -> None:
+        self.open = 0
+
+    def describe(self) -> str:
+        return "TLS on tcp 127.0.0.1:1"
+
+    def open_count(self) -> int:
+        return self.open
+
+
+async def test_announce_never_waits_and_retries_ready_when_the_queue_is_full() -> None:
+    """A receiver that does not read (a busy supervisor): READY=1 is retried, not lost."""
+    with listener(abstract=True) as systemd:
+        notifier = Notifier.from_environment({"NOTIFY_SOCKET": systemd.env_value})
+        filler = 0
+        while notifier.send(f"X_FILL={filler}", wait=0):  # fill the queue
+            filler += 1
+        assert filler >= 1
+        service = _FakeService()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sd_notify.announce, service, notifier)
+            await trio.sleep(0.2)  # announce has found the queue full a few times
+            for _ in range(filler):  # now read: room again
+                assert "X_FILL" in (await systemd.receive()).fields
+            ready = await systemd.receive()
+            assert ready.fields == {
+                "READY": "1",
+                "STATUS": "serving TLS on tcp 127.0.0.1:1: 0 open",
+                "X_OPEN": "0",
+            }
+            service.open = 5
+            assert (await systemd.until("X_OPEN", "5"))["STATUS"].endswith(": 5 open")
+            nursery.cancel_scope.cancel()
+        notifier.close()
+
+
 def test_relay_waits_for_every_worker_of_a_generation() -> None:
     """The supervisor's relay, fed as its workers would feed it."""
     with listener(abstract=True) as systemd:

@@ -20,9 +20,13 @@ Each message is one datagram of ``KEY=VALUE`` lines. We send:
 
 Without ``NOTIFY_SOCKET`` every call does nothing. Sending never raises: a
 lost notification must not take a server down, so a failure is logged once
-and the server goes on. The socket is blocking with a short timeout: systemd
-reads its socket at once, and the timeout bounds a stall (a full queue) to a
-moment even inside the event loop.
+and the server goes on. A receiver's queue is short (``net.unix.max_dgram_qlen``,
+often 10 datagrams), so a send may find it full. The messages that mark a
+change of state (RELOADING, READY after a reload, STOPPING) then wait for
+room, up to :data:`SEND_TIMEOUT`, as libsystemd's blocking send would; the
+ones :func:`announce` sends from the event loop never wait: READY=1 is tried
+again every :data:`READY_RETRY` seconds until it is taken, and a STATUS=
+that did not go is sent at the next look.
 
 There is one notifier per process, :func:`process_notifier`, made from the
 environment on first use; the service calls the module functions. The
@@ -57,9 +61,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT = 1.0
-"""Seconds a send may wait for room in the receiver's queue before it is given up."""
+"""Seconds a state change may wait for room in the receiver's queue before it is given up."""
 STATUS_INTERVAL = 1.0
 """Seconds between looks at the open count, for STATUS=."""
+READY_RETRY = 0.05
+"""Seconds between tries of a READY=1 that found the receiver's queue full."""
+_RETRY_SLEEP = 0.005
 
 
 def notify_address(value: str) -> str:
@@ -81,7 +88,8 @@ class Notifier:
 
     *address* is where to send (None: *sock* is connected already).
     *extra* lines go with every message (the supervisor's workers say who
-    they are that way).
+    they are that way). *wait* is how long a send may wait for room by
+    default (a worker's notifier never waits: see :mod:`.supervisor_notify`).
     """
 
     def __init__(
@@ -90,10 +98,14 @@ class Notifier:
         address: str | None = None,
         *,
         extra: tuple[str, ...] = (),
+        wait: float = SEND_TIMEOUT,
     ) -> None:
         self._sock = sock
         self._address = address
         self._extra = extra
+        self._wait = wait
+        if sock is not None:
+            sock.setblocking(False)  # waits are ours, bounded (see send)
         self._warned = False
         self.draining = False
         """Set by :func:`stopping`: STATUS= then says "draining"."""
@@ -109,30 +121,45 @@ class Notifier:
         except ValueError as exc:
             logger.warning("sd_notify off: %s", exc)
             return cls()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.settimeout(SEND_TIMEOUT)
-        return cls(sock, address)
+        return cls(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM), address)
 
     @property
     def enabled(self) -> bool:
         return self._sock is not None
 
-    def send(self, *fields: str) -> bool:
-        """Send one message of ``KEY=VALUE`` *fields*; False if not sent (never raises)."""
+    def send(self, *fields: str, wait: float | None = None) -> bool:
+        """Send one message of ``KEY=VALUE`` *fields*; False if not sent (never raises).
+
+        If the receiver's queue is full, try again for up to *wait* seconds
+        (default: the notifier's); 0 gives up at once, quietly.
+        """
         if self._sock is None:
             return False
         data = "\n".join((*fields, *self._extra)).encode()
-        try:
-            if self._address is None:
-                self._sock.send(data)
-            else:
-                self._sock.sendto(data, self._address)
-        except OSError as exc:  # includes the timeout
-            if not self._warned:
-                self._warned = True
-                logger.warning("sd_notify: could not send %s: %s", fields[0], exc)
-            return False
-        return True
+        deadline = time.monotonic() + (self._wait if wait is None else wait)
+        while True:
+            try:
+                if self._address is None:
+                    self._sock.send(data)
+                else:
+                    self._sock.sendto(data, self._address)
+                return True
+            except BlockingIOError as exc:
+                # Poll rather than select(): an unconnected datagram socket
+                # polls writable whatever the receiver's queue holds.
+                if time.monotonic() >= deadline:
+                    if (self._wait if wait is None else wait) > 0:
+                        self._warn(fields[0], exc)
+                    return False
+                time.sleep(_RETRY_SLEEP)
+            except OSError as exc:
+                self._warn(fields[0], exc)
+                return False
+
+    def _warn(self, what: str, exc: OSError) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("sd_notify: could not send %s: %s", what, exc)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -187,13 +214,15 @@ async def announce(service: Serving, notifier: Notifier | None = None) -> None:
     notifier = notifier or process_notifier()
     if not notifier.enabled:
         return
+    # Never wait for room here: this is the event loop. See the module docstring.
     last = status_fields(service, draining=notifier.draining)
-    notifier.send("READY=1", *last)
+    while not notifier.send("READY=1", *last, wait=0):
+        await trio.sleep(READY_RETRY)
+        last = status_fields(service, draining=notifier.draining)
     while True:
         await trio.sleep(STATUS_INTERVAL)
         now = status_fields(service, draining=notifier.draining)
-        if now != last:
-            notifier.send(*now)
+        if now != last and notifier.send(*now, wait=0):
             last = now
 
 

@@ -20,11 +20,13 @@ serves nothing: the workers bind the ports. So the supervisor relays:
 * ``STOPPING=1`` when the supervisor starts draining its workers.
 
 Without ``NOTIFY_SOCKET`` no socket is made and the workers get a notifier
-that does nothing. A worker's message is a few dozen bytes and they are read
-at least twice a second, so the pair's small queue (``net.unix.max_dgram_qlen``,
-often 10) fills only when many workers start at once; their sends then wait
-(up to :data:`.sd_notify.SEND_TIMEOUT`) while the supervisor, which polls
-every :data:`WAITING_POLL` seconds until it is ready, empties it.
+that does nothing. The pair's queue is short (``net.unix.max_dgram_qlen``,
+often 10 datagrams) and the supervisor reads it between signals, twice a
+second (every :data:`WAITING_POLL` seconds while a READY=1 is owed), so a
+worker's notifier never waits for room: that would stall the worker's event
+loop. A READY=1 that found the queue full is tried again until it is taken
+(:func:`.sd_notify.announce`); a STATUS= at the next look; a STOPPING=1 is
+only for the count (the supervisor knows it is stopping).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import os
 import socket
 from collections.abc import Collection
 
-from .sd_notify import SEND_TIMEOUT, Notifier, monotonic_usec, use_notifier
+from .sd_notify import Notifier, monotonic_usec, use_notifier
 
 __all__ = ["WAITING_POLL", "NotifyRelay"]
 
@@ -54,7 +56,6 @@ class NotifyRelay:
         if upstream.enabled:
             self._inbox, self._outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._inbox.setblocking(False)
-            self._outbox.settimeout(SEND_TIMEOUT)
         self._ready: set[int] = set()  # workers (pids) that have said READY=1
         self._open: dict[int, int] = {}  # pid -> its last X_OPEN
         self._announced = False  # READY=1 sent for the current generation
@@ -74,7 +75,8 @@ class NotifyRelay:
             use_notifier(Notifier())
             return
         self._inbox.close()
-        use_notifier(Notifier(self._outbox, extra=(f"{_WORKER_PID}={os.getpid()}",)))
+        tag = f"{_WORKER_PID}={os.getpid()}"
+        use_notifier(Notifier(self._outbox, extra=(tag,), wait=0.0))
 
     def poll(self, live: Collection[int], current: Collection[int], count: int) -> None:
         """Read what the workers sent; tell systemd what changed.
@@ -98,9 +100,8 @@ class NotifyRelay:
             self._announced = True
             self._status = status
             self.upstream.send("READY=1", f"STATUS={status}")
-        elif status != self._status and self.upstream.enabled:
+        elif status != self._status and self.upstream.send(f"STATUS={status}", wait=0):
             self._status = status
-            self.upstream.send(f"STATUS={status}")
 
     def reloading(self) -> None:
         """A reload starts: a new generation must say READY=1 before we do."""
