@@ -19,6 +19,12 @@ serves nothing: the workers bind the ports. So the supervisor relays:
   live worker, a draining old generation included;
 * ``STOPPING=1`` when the supervisor starts draining its workers.
 
+The workers of ``trio-tlsd serve`` and of :func:`.workers.serve_workers` run
+a :class:`.service.Service`, which says READY=1 by itself. A *run_worker* of
+your own for :class:`.workers.Supervisor` must do the same under systemd
+(``process_notifier().send("READY=1")`` once it serves), or the supervisor
+never says READY=1 and systemd gives up on the start.
+
 Without ``NOTIFY_SOCKET`` no socket is made and the workers get a notifier
 that does nothing. The pair's queue is short (``net.unix.max_dgram_qlen``,
 often 10 datagrams) and the supervisor reads it between signals, twice a
