@@ -13,6 +13,7 @@ from trio_tls_dtls.core.dtls_records import (
     ClientHello,
     build_hello_verify_request,
     cookie_input,
+    looks_like_client_hello,
     parse_client_hello,
 )
 from trio_tls_dtls.core.errors import RecordParseError
@@ -130,3 +131,14 @@ def test_fuzz_mutated_client_hello(real_hello: bytes, data: st.DataObject) -> No
         mutated[index] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(mutated)))
     _parse_or_error(bytes(mutated[:cut]) + data.draw(st.binary(max_size=8)))
+
+
+def test_the_client_hello_peek(real_hello: bytes) -> None:
+    """Four byte comparisons: a handshake record, epoch 0, a client_hello message."""
+    assert looks_like_client_hello(real_hello)
+    assert looks_like_client_hello(real_hello[:26])
+    assert not looks_like_client_hello(real_hello[:25])
+    for offset, value in ((0, 23), (3, 1), (4, 1), (13, 16)):
+        changed = bytearray(real_hello)
+        changed[offset] = value
+        assert not looks_like_client_hello(bytes(changed))

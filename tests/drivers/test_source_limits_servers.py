@@ -31,7 +31,8 @@ from trio_tls_dtls import (
     open_tls_stream,
 )
 from trio_tls_dtls.cli.config_file import load_config_file
-from trio_tls_dtls.cli.main import _serve_options, _settings_from, build_parser
+from trio_tls_dtls.cli.main import build_parser
+from trio_tls_dtls.cli.serve_settings import serve_options, settings_from
 from trio_tls_dtls.core.contexts import client_context
 from trio_tls_dtls.core.source_limits import LogThrottle, SourceLimits, source_key
 from trio_tls_dtls.drivers.dtls.link import SocketLink
@@ -415,7 +416,7 @@ def test_serve_flags_reach_the_settings(pki: PKIFiles) -> None:
         args = build_parser().parse_args(
             ["serve", "--cert", str(pki.server_cert), "--key", str(pki.server_key), *flags]
         )
-        return _settings_from(_serve_options(args), make_dev_pki=False)[0]
+        return settings_from(serve_options(args), make_dev_pki=False)[0]
 
     default = settings_for()
     assert (default.per_source_rate, default.per_source_burst) == (50.0, 100)

@@ -302,6 +302,11 @@ async def test_sighup_rolls_new_workers_with_the_new_certificate(
         running.process.send_signal(signal.SIGHUP)
         await running.read_until(SERVING, 4)  # a new generation of two
         await running.read_until(re.compile(rb": drained:"), 2)  # the old one drained
+        # A worker logs "drained" just before it exits, and stays a child until
+        # the supervisor reaps it: wait (bounded) for both old ones to be gone.
+        with trio.move_on_after(10):
+            while not running.children().isdisjoint(old):
+                await trio.sleep(0.05)
         assert running.children().isdisjoint(old)
         settings = pki.client_settings()
         for _ in range(4):

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
+    "DEFAULT_CERT_DIR",
     "DEFAULT_SERVER_NAMES",
     "DEV_PKI_FILES",
     "DevPKI",
@@ -37,6 +38,10 @@ KeyType = Literal["ec", "rsa"]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 DEFAULT_SERVER_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+
+# Where `certs` writes without --dir and `serve` without --cert looks (and
+# makes one on first run): relative to the working directory.
+DEFAULT_CERT_DIR = Path("certs")
 
 # Certificates are back-dated a little so that a peer whose clock runs
 # slightly behind still accepts them.

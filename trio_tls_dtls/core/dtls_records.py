@@ -4,6 +4,9 @@ Just enough of RFC 6347 to run a stateless cookie exchange: find the
 ClientHello in the first record of a datagram, read its cookie and the fields
 a client must repeat in its second ClientHello (section 4.2.1), and build the
 HelloVerifyRequest that answers it. Everything past that is OpenSSL's job.
+The cookie gate (:mod:`.cookie_gate`) is the one user: it peeks with
+:func:`looks_like_client_hello` at every datagram from a known peer (four
+byte comparisons) and parses only what may be a ClientHello.
 
 Any byte string given to :func:`parse_client_hello` either parses or raises
 :class:`~trio_tls_dtls.core.errors.RecordParseError`; nothing else.
@@ -26,10 +29,12 @@ from .errors import RecordParseError
 
 __all__ = [
     "HANDSHAKE",
+    "MAX_DTLS_DATAGRAM",
     "RECORD_HEADER_SIZE",
     "ClientHello",
     "build_hello_verify_request",
     "cookie_input",
+    "looks_like_client_hello",
     "parse_client_hello",
 ]
 
@@ -44,6 +49,9 @@ HVR_VERSION = 0xFEFF
 MAX_COOKIE = 255
 MAX_SESSION_ID = 32
 _DTLS_MAJOR = 0xFE
+# No DTLS record carries more than 2^14 bytes of plaintext plus 2048 of
+# expansion, plus its header: a datagram larger than that is not DTLS.
+MAX_DTLS_DATAGRAM = 2**14 + 2048 + RECORD_HEADER_SIZE
 
 
 class ClientHello(NamedTuple):
@@ -65,6 +73,24 @@ class ClientHello(NamedTuple):
 # header: msg_type(1) length(3) message_seq(2) offset(3) fragment_length(3).
 _HEADERS = struct.Struct("!BHH6sHB3sH3s3s")
 _HEADERS_SIZE = RECORD_HEADER_SIZE + HANDSHAKE_HEADER_SIZE
+
+
+def looks_like_client_hello(datagram: bytes) -> bool:
+    """Whether *datagram* starts like a ClientHello: a peek, not a parse.
+
+    A handshake record in epoch 0 whose first message is a client_hello.
+    Cheap enough to run on every datagram from a known peer, which is what
+    it is for: everything else a peer sends (application data, alerts, its
+    later handshake messages) fails it within a few byte comparisons. A True
+    here is only a hint; :func:`parse_client_hello` decides.
+    """
+    return (
+        len(datagram) > _HEADERS_SIZE
+        and datagram[0] == HANDSHAKE
+        and datagram[3] == 0
+        and datagram[4] == 0
+        and datagram[13] == CLIENT_HELLO
+    )
 
 
 def _truncated(what: str, need: int, left: int) -> RecordParseError:

@@ -5,10 +5,19 @@ What lives here
 * :class:`~.service.Service`: the TLS listener and the DTLS endpoint side by
   side in one nursery, started together, drained together, reloaded
   together (certificates, OCSP staples) without dropping a connection.
+* Signals and drain, in one place for a single process and for every
+  worker: :mod:`.signals` (what SIGINT, SIGTERM and SIGHUP mean; the first
+  stop drains, the second stops at once; the exit status; no Trio, so the
+  supervisor uses it too), :mod:`.drain` (the bounded drain, driven by
+  those signals) and :mod:`.serving_process` (bind, serve, stop, the
+  summary line: the life of one serving process).
 * Workers (:mod:`.workers`): processes sharing one port with SO_REUSEPORT,
-  one set of ticket keys and one cookie secret.
+  one set of ticket keys and one cookie secret; each runs
+  :func:`~.serving_process.serve_process`.
 * Handlers (echo in the drivers; :mod:`.forward` for TCP/UDP backends),
-  metrics (:mod:`.metrics`), the connection log format, privilege dropping.
+  metrics (:mod:`.metrics`), the access log (:mod:`.access_log`: the sink
+  both servers send their close records to; it counts each once and writes
+  the access line), the log formats, privilege dropping.
 
 What may be imported
 --------------------

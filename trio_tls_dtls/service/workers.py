@@ -19,11 +19,19 @@ The parent:
 * on SIGINT/SIGTERM sends SIGTERM to every worker (each drains as a single
   process does), waits for them, and exits 0 if they all drained; a second
   signal is passed on as well (each worker then stops at once) and the
-  exit status is 1;
+  exit status is 1. The parent reads signals by the same table and
+  drain-then-stop rule as the workers (:mod:`trio_tls_dtls.service.signals`),
+  with ``sigtimedwait`` instead of Trio;
 * on SIGHUP calls *prepare* again (new certificates, new ticket keys, the
   same cookie secret if it comes from a file), starts a new generation of
   workers from it and drains the old one. If *prepare* fails (a bad file),
-  the running workers are kept and the reason is logged.
+  the running workers are kept and the reason is logged. A SIGHUP while
+  stopping is ignored: a new generation would only be stopped in turn.
+
+Each worker runs :func:`~trio_tls_dtls.service.serving_process.serve_process`,
+exactly as a single process does, in a process group of its own (so that
+a Ctrl-C on the terminal reaches the parent alone, which passes one SIGTERM
+on).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Generic, TypeVar, cast
 
 import trio
@@ -50,8 +59,11 @@ from ..core.settings import ServerSettings
 from ..drivers.dtls.server import DTLSHandler, cookie_secrets_for, dtls_echo_handler
 from ..drivers.tls.server import TLSHandler, echo_handler
 from .cpu_quota import usable_cpus
+from .log_format import status_line
 from .sd_notify import Notifier, process_notifier
 from .service import Service
+from .serving_process import ProcessHooks, serve_process
+from .signals import HANDLED_SIGNALS, Request, StopRequests
 from .supervisor_notify import WAITING_POLL, NotifyRelay
 
 __all__ = [
@@ -68,7 +80,8 @@ logger = logging.getLogger(__name__)
 P = TypeVar("P")
 
 _Mask = set[int | signal.Signals]
-_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
+# The operator's signals, and SIGCHLD to hear of a worker's exit at once.
+_WAITED_SIGNALS = {*HANDLED_SIGNALS, signal.SIGCHLD}
 _POLL = 0.5
 
 
@@ -121,7 +134,7 @@ class Supervisor(Generic[P]):
 
     def run(self) -> int:
         """Start the workers and supervise them until they have all stopped; the exit status."""
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED_SIGNALS)
         try:
             return self._supervise(old_mask)
         finally:
@@ -141,16 +154,15 @@ class Supervisor(Generic[P]):
         for index in range(self.count):
             self._spawn(index, old_mask)
         logger.info("started %d workers: pids %s", self.count, self.pids)
-        stopping = forced = False
+        stops = StopRequests()  # the same rule as each worker's: first drains, second cuts
         failed = False
-        while self._workers or (self._pending and not stopping):
-            info = signal.sigtimedwait(_SIGNALS, self._wait_time())
-            signum = info.si_signo if info is not None else None
+        while self._workers or (self._pending and not stops.draining):
+            info = signal.sigtimedwait(_WAITED_SIGNALS, self._wait_time())
             self._notify.poll(self._workers, self.pids_of(self._generation), self.count)
             for worker, status in self._reap():
                 current = worker.generation == self._generation
-                if stopping or not current:
-                    failed = failed or (stopping and current and status != 0)
+                if stops.draining or not current:
+                    failed = failed or (stops.draining and current and status != 0)
                     continue
                 delay = self._restart_delay()
                 if delay is None:
@@ -163,7 +175,8 @@ class Supervisor(Generic[P]):
                         self.max_restarts,
                         self.restart_window,
                     )
-                    stopping = failed = True
+                    stops.stop_requested()  # as a first signal would: the workers drain
+                    failed = True
                     self._pending.clear()
                     self._signal_all(signal.SIGTERM)
                     continue
@@ -175,22 +188,27 @@ class Supervisor(Generic[P]):
                     delay,
                 )
                 self._pending[worker.index] = time.monotonic() + delay
-            if not stopping:
+            if not stops.draining:
                 self._restart_due(old_mask)
-            if signum in (signal.SIGINT, signal.SIGTERM):
-                name = signal.Signals(signum).name
-                if stopping:
-                    logger.warning("%s received again: stopping the workers now", name)
-                    forced = True
-                else:
-                    logger.info("%s received: draining %d workers", name, len(self._workers))
-                    stopping = True
-                    self._notify.stopping()
-                    self._pending.clear()  # a worker waiting to restart stays down
-                self._signal_all(signal.SIGTERM)
-            elif signum == signal.SIGHUP and not stopping:
-                self._reload(old_mask)
-        return 1 if forced or failed else 0
+            if info is not None:
+                self._on_signal(info.si_signo, stops, old_mask)
+        return stops.exit_status(failed=failed)
+
+    def _on_signal(self, signum: int, stops: StopRequests, old_mask: _Mask) -> None:
+        """The parent's side of the signal table: pass stops on, roll workers on reload."""
+        request = stops.on_signal(signum)  # None for SIGCHLD: it only wakes the loop to reap
+        name = signal.Signals(signum).name
+        if request is Request.DRAIN:
+            logger.info("%s received: draining %d workers", name, len(self._workers))
+            self._notify.stopping()
+            self._pending.clear()  # a worker waiting to restart stays down
+            self._signal_all(signal.SIGTERM)
+        elif request is Request.STOP_NOW:
+            # One SIGTERM each again: every worker then counts its second and cuts.
+            logger.warning("%s received again: stopping the workers now", name)
+            self._signal_all(signal.SIGTERM)
+        elif request is Request.RELOAD and not stops.draining:
+            self._reload(old_mask)
 
     def _spawn(self, index: int, old_mask: _Mask) -> None:
         state = cast(P, self._state)  # set by prepare() before any spawn; P may be None
@@ -372,15 +390,18 @@ def serve_workers(
     dtls_handler: DTLSHandler = dtls_echo_handler,
     max_restarts: int = 10,
     restart_window: float = 60.0,
+    hooks: ProcessHooks | None = None,
 ) -> int:
     """Serve on *port* from *count* supervised worker processes; the exit status.
 
     The library form of ``trio-tlsd serve --workers``, with your handlers:
     call it from plain Python (never inside ``trio.run``: it forks). It
     returns when SIGINT/SIGTERM has drained every worker (0), or after a
-    second signal or too many crashes (1). Each worker prints
-    ``trio-tlsd: worker K (pid P): serving ...`` when it is bound, and a
-    summary line when it stops. *port* must not be 0.
+    second signal or too many crashes (1). Each worker runs
+    :func:`~trio_tls_dtls.service.serving_process.serve_process`: it prints
+    ``trio-tlsd: worker K (pid P): serving ...`` when it is bound (or what
+    ``hooks.on_serving`` prints), and a summary line when it stops. *port*
+    must not be 0.
     """
     if port == 0:
         raise ConfigError("serve_workers needs a fixed port (with port 0 each would get its own)")
@@ -397,7 +418,7 @@ def serve_workers(
             dtls_context=shared.dtls,
             cookies=shared.cookies,
         )
-        return trio.run(_serve_one_worker, service, port, host, index)
+        return trio.run(partial(serve_process, service, port, host, worker=index, hooks=hooks))
 
     supervisor = Supervisor(
         count,
@@ -408,35 +429,9 @@ def serve_workers(
     )
     status = supervisor.run()
     print(
-        f"trio-tlsd: all workers stopped ({supervisor.restarts} restarted after a crash)",
+        status_line(
+            f"trio-tlsd: all workers stopped ({supervisor.restarts} restarted after a crash)"
+        ),
         file=sys.stderr,
     )
     return status
-
-
-async def _serve_one_worker(service: Service, port: int, host: str | None, index: int) -> int:
-    """One worker of :func:`serve_workers`: serve, drain on a signal, stop on a second."""
-    await service.bind(port, host, reuse_port=True)
-    who = f"trio-tlsd: worker {index} (pid {os.getpid()})"
-    forced = False
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(service.run)
-            print(f"{who}: serving {service.describe()}", file=sys.stderr, flush=True)
-            draining = False
-            async for _ in signals:
-                if draining:
-                    forced = True
-                    nursery.cancel_scope.cancel()
-                    break
-                draining = True
-                nursery.start_soon(_drain_then_cancel, service, nursery.cancel_scope)
-    how = "stopped at once by a second signal" if forced else "drained"
-    print(f"{who}: {how}: {service.summary()}", file=sys.stderr, flush=True)
-    return 1 if forced else 0
-
-
-async def _drain_then_cancel(service: Service, scope: trio.CancelScope) -> None:
-    with trio.move_on_after(service.settings.drain_timeout):
-        await service.drain()
-    scope.cancel()

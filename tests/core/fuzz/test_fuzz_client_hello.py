@@ -1,15 +1,24 @@
-"""Structure-aware fuzzing of the ClientHello: every length field, parser to engine.
+"""Fuzzing the real DTLS cookie gate, and the ClientHello from its length fields to OpenSSL.
 
 tests/core/test_dtls_records.py fuzzes the parser with random bytes and byte
-flips. Here each length field of a real ClientHello (record, handshake
-message, fragment, session_id, cookie, cipher_suites, compression_methods,
-extensions, and every single extension) is set to boundary and random
-values, and the result goes through the whole DTLS server gate: the parser,
-the cookie verifier, and ``DTLSEngine.accept``. The TLS server engine gets
-the same treatment for TLS ClientHellos.
+flips. Here every datagram goes through :func:`~trio_tls_dtls.core.cookie_gate.decide`,
+the very function the endpoint calls, with every state an endpoint can be in
+(a stranger or a known peer at the address, admitting or draining), and what
+it admits goes on to ``DTLSEngine.accept`` as in the endpoint. Each length
+field of a real ClientHello (record, handshake message, fragment,
+session_id, cookie, cipher_suites, compression_methods, extensions, and
+every single extension) is set to boundary and random values. Whatever the
+bytes, every decision must keep the gate's invariants (:func:`check_decision`):
+a reply is never larger than its datagram, only a cookie issued to that very
+address is admitted, a draining endpoint admits nobody, a known peer's
+datagrams that are not ClientHellos reach it, and oversized or empty
+datagrams are dropped. The TLS server engine gets the length-field
+treatment for TLS ClientHellos.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given
@@ -17,7 +26,7 @@ from hypothesis import strategies as st
 from OpenSSL import SSL
 
 from tests.conftest import PKIFiles
-from tests.core.dtls_pair import CLIENT_ADDRESS, NOW, cookie_exchange, first_client_hello
+from tests.core.dtls_pair import CLIENT_ADDRESS, NOW, cookie_exchange, first_client_hello, pump
 from tests.core.fuzz.mutations import (
     CUTS,
     call,
@@ -28,15 +37,17 @@ from tests.core.fuzz.mutations import (
     segments,
 )
 from trio_tls_dtls.core.contexts import build_client_context, build_server_context
+from trio_tls_dtls.core.cookie_gate import Admit, Decision, Deliver, Drop, Reply, decide
 from trio_tls_dtls.core.dtls_cookie import CookieSecrets
 from trio_tls_dtls.core.dtls_records import (
-    MAX_COOKIE,
-    build_hello_verify_request,
+    MAX_DTLS_DATAGRAM,
+    ClientHello,
     cookie_input,
     parse_client_hello,
 )
 from trio_tls_dtls.core.engine import DTLSEngine, TLSEngine
 from trio_tls_dtls.core.errors import RecordParseError
+from trio_tls_dtls.core.peer_info import Address
 
 LengthField = tuple[str, int, int]  # name, offset, width in bytes
 
@@ -84,11 +95,43 @@ def dtls_server(pki: PKIFiles) -> SSL.Context:
     return build_server_context(pki.server_settings(alpn=("coap",)), dtls=True)
 
 
+class Handshake(NamedTuple):
+    """The datagrams of one real DTLS client, admitted by the gate with SECRETS."""
+
+    first: bytes
+    """Its first ClientHello: no cookie."""
+    second: bytes
+    """Its second ClientHello: with a cookie, as DTLSEngine.accept gets it."""
+    records: list[bytes]
+    """Everything it sends once admitted: the rest of its handshake, then data."""
+
+
 @pytest.fixture(scope="module")
-def second_hello(pki: PKIFiles) -> bytes:
-    """A real second ClientHello: with a cookie, as DTLSEngine.accept gets it."""
+def handshake(pki: PKIFiles, dtls_server: SSL.Context) -> Handshake:
     client, first = first_client_hello(pki)
-    return cookie_exchange(client, first, SECRETS)
+    second = cookie_exchange(client, first, SECRETS)
+    server = DTLSEngine.accept(dtls_server, second, mtu=1200)
+    server.do_handshake()
+    records: list[bytes] = []
+    while not (client.handshake_done and server.handshake_done):
+        assert len(records) < 10, "the handshake did not converge"
+        pump(server, client)
+        for datagram in client.datagrams_to_send():
+            records.append(datagram)
+            server.receive_datagram(datagram)
+            if not server.handshake_done:
+                server.do_handshake()
+    for message in (b"x", b"a message" * 100):
+        client.send(message)
+        records += client.datagrams_to_send()
+    client.close()
+    records += client.datagrams_to_send()  # close_notify
+    return Handshake(first, second, records)
+
+
+@pytest.fixture(scope="module")
+def second_hello(handshake: Handshake) -> bytes:
+    return handshake.second
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +148,27 @@ def tls_hello(pki: PKIFiles) -> bytes:
 
 
 SECRETS = CookieSecrets(bytes(32))
+ADDRESSES: list[Address] = [
+    CLIENT_ADDRESS,
+    (CLIENT_ADDRESS[0], CLIENT_ADDRESS[1] + 1),
+    ("127.0.0.2", CLIENT_ADDRESS[1]),
+    ("::1", CLIENT_ADDRESS[1]),
+]
+OTHER_PEER_ID = b"the ClientHello of an earlier association"
+
+
+class LongCookies(CookieSecrets):
+    """SECRETS, but issuing the longest cookies a HelloVerifyRequest carries (255 bytes).
+
+    Its answer (283 bytes) is longer than many ClientHellos: the one case in
+    which the gate must hold back a reply rather than amplify.
+    """
+
+    def generate(self, address: Address, hello: ClientHello, now: float) -> bytes:
+        return super().generate(address, hello, now).ljust(255, b"\0")
+
+
+LONG_COOKIES = LongCookies(bytes(32))
 
 
 def test_length_fields_found(second_hello: bytes, tls_hello: bytes) -> None:
@@ -122,24 +186,75 @@ def test_length_fields_found(second_hello: bytes, tls_hello: bytes) -> None:
     assert len(length_fields(tls_hello, dtls=False)) > 10
 
 
-def gate(context: SSL.Context, datagram: bytes) -> str:
-    """The DTLS server's path for a datagram from a new address: parse, verify, accept.
-
-    Returns how far the datagram got.
-    """
-    try:
+def check_decision(
+    decision: Decision,
+    datagram: bytes,
+    address: Address,
+    *,
+    known: bytes | None,
+    admitting: bool,
+    cookies: CookieSecrets,
+) -> None:
+    """The gate's invariants, for any bytes and any endpoint state."""
+    if len(datagram) > MAX_DTLS_DATAGRAM:
+        assert decision == Drop("oversized")
+    if not datagram:
+        assert decision == Drop("empty")
+    if isinstance(decision, Reply):
+        reply = decision.hello_verify_request
+        assert len(reply) <= len(datagram), "amplification"
+        assert reply[0] == 22 and reply[13] == 3
+        # The cookie in it is one this address can come back with.
         hello = parse_client_hello(datagram)
-    except RecordParseError:
-        return "malformed"
-    assert len(hello.random) == 32 and len(hello.session_id) <= 32
-    assert len(hello.cookie) <= MAX_COOKIE
-    build_hello_verify_request(hello, bytes(32))
-    if not SECRETS.verify(hello.cookie, CLIENT_ADDRESS, hello, NOW):
-        return "bad cookie"
+        assert reply.endswith(cookies.generate(address, hello, NOW))
+        assert decision.cookie_rejected == bool(hello.cookie)
+    if isinstance(decision, Admit):
+        hello = parse_client_hello(datagram)
+        assert cookies.verify(hello.cookie, address, hello, NOW), "admitted without a cookie"
+        assert decision.hello_id == cookie_input(hello)
+        assert decision.hello_id != known, "a retransmission restarted its peer"
+        assert decision.replaces_peer == (known is not None)
+    if isinstance(decision, Deliver):
+        assert known is not None, "delivered to no peer"
+    if not admitting:
+        assert isinstance(decision, Drop | Deliver), "a draining endpoint let someone in"
+    if known is not None and admitting and datagram and len(datagram) <= MAX_DTLS_DATAGRAM:
+        try:
+            parse_client_hello(datagram)
+        except RecordParseError:
+            # Not a ClientHello: whatever it is, the peer's OpenSSL judges it.
+            assert isinstance(decision, Deliver), "a known peer's datagram was lost"
+
+
+def gate(
+    datagram: bytes,
+    address: Address = CLIENT_ADDRESS,
+    *,
+    known: bytes | None = None,
+    admitting: bool = True,
+    cookies: CookieSecrets = SECRETS,
+) -> Decision:
+    """The real gate, its invariants checked."""
+    decision = decide(datagram, address, NOW, cookies, known_hello_id=known, admitting=admitting)
+    check_decision(decision, datagram, address, known=known, admitting=admitting, cookies=cookies)
+    return decision
+
+
+def through_the_endpoint(context: SSL.Context, datagram: bytes) -> str:
+    """What an endpoint that knows nobody makes of *datagram*: how far it got.
+
+    An admitted ClientHello goes on to ``DTLSEngine.accept`` and the first
+    handshake step, where OpenSSL parses all of it, as in the endpoint.
+    """
+    decision = gate(datagram)
+    if isinstance(decision, Drop):
+        return decision.reason
+    if isinstance(decision, Reply):
+        return "reply"
+    assert isinstance(decision, Admit)
     server = call(lambda: DTLSEngine.accept(context, datagram, mtu=1200))
     if not isinstance(server, DTLSEngine):
         return "refused by OpenSSL"
-    # The server's first handshake step is where OpenSSL parses it all.
     step = call(server.do_handshake)
     check_datagrams(server)
     probe_dtls(server, [])
@@ -151,14 +266,14 @@ def test_every_length_field_at_its_boundaries(
 ) -> None:
     """Deterministic: each field at 0, 1, one less, one more, and its maximum."""
     outcomes = {
-        gate(dtls_server, set_length(second_hello, field, choice))
+        through_the_endpoint(dtls_server, set_length(second_hello, field, choice))
         for field in length_fields(second_hello, dtls=True)
         for choice in range(5)
     }
     # Extension lengths are outside what the cookie covers: those hellos
     # pass the cookie gate, so OpenSSL itself is fuzzed too.
     assert outcomes >= {"malformed", "refused by OpenSSL"}
-    assert gate(dtls_server, second_hello) == "accepted"
+    assert through_the_endpoint(dtls_server, second_hello) == "accepted"
 
 
 @given(data=st.data())
@@ -172,27 +287,94 @@ def test_fuzz_length_fields_through_the_gate(
         hello = set_length(hello, field, data.draw(LENGTH_CHOICE))
     if data.draw(st.booleans()):
         hello = data.draw(mutated(hello, dtls=True))
-    gate(dtls_server, hello)
+    through_the_endpoint(dtls_server, hello)
+
+
+def endpoint_state(handshake: Handshake) -> st.SearchStrategy[tuple[bytes | None, bool]]:
+    """(the known peer's hello id or None, admitting): every state an endpoint can be in."""
+    own_id = cookie_input(parse_client_hello(handshake.second))
+    known = st.sampled_from([None, OTHER_PEER_ID, own_id])
+    return st.tuples(known, st.booleans())
+
+
+def any_datagram(handshake: Handshake) -> st.SearchStrategy[bytes]:
+    """Random bytes, mutated real datagrams, and datagrams around the size limit."""
+    real = [handshake.first, handshake.second, *handshake.records]
+    mutated_real = st.sampled_from(real).flatmap(
+        lambda base: mutated(base, dtls=True, splice_with=tuple(real))
+    )
+    around_the_limit = st.builds(
+        lambda base, size: (base + bytes(size))[:size],
+        st.sampled_from(real),
+        st.integers(MAX_DTLS_DATAGRAM - 2, MAX_DTLS_DATAGRAM + 2048),
+    )
+    return st.one_of(st.binary(max_size=400), st.sampled_from(real), mutated_real, around_the_limit)
+
+
+def test_every_state_keeps_the_invariants(handshake: Handshake) -> None:
+    """Deterministic: the real datagrams and the size limits, in every state, from every address."""
+    own_id = cookie_input(parse_client_hello(handshake.second))
+    limits = [bytes(MAX_DTLS_DATAGRAM), bytes(MAX_DTLS_DATAGRAM + 1), b"", b"\x16"]
+    outcomes = set()
+    for datagram in [handshake.first, handshake.second, *handshake.records, *limits]:
+        for known in (None, OTHER_PEER_ID, own_id):
+            for admitting in (True, False):
+                for address in ADDRESSES:
+                    for cookies in (SECRETS, LONG_COOKIES):
+                        decision = gate(
+                            datagram, address, known=known, admitting=admitting, cookies=cookies
+                        )
+                        outcomes.add(type(decision).__name__)
+    assert outcomes == {"Drop", "Deliver", "Reply", "Admit"}
+
+
+@given(data=st.data())
+def test_fuzz_every_decision_keeps_the_invariants(
+    handshake: Handshake, data: st.DataObject
+) -> None:
+    datagram = data.draw(any_datagram(handshake))
+    known, admitting = data.draw(endpoint_state(handshake))
+    address = data.draw(st.sampled_from(ADDRESSES))
+    cookies = data.draw(st.sampled_from([SECRETS, LONG_COOKIES]))
+    gate(datagram, address, known=known, admitting=admitting, cookies=cookies)
+
+
+@given(data=st.data())
+def test_fuzz_a_known_peer_s_records_reach_it(handshake: Handshake, data: st.DataObject) -> None:
+    """Whatever the peer sends once admitted, mutated or not, in any endpoint state."""
+    record = data.draw(st.sampled_from(handshake.records))
+    if data.draw(st.booleans()):
+        record = data.draw(mutated(record, dtls=True, must_differ=True))
+    known, admitting = data.draw(endpoint_state(handshake).filter(lambda state: state[0]))
+    decision = gate(record, known=known, admitting=admitting)
+    if record == b"":
+        assert decision == Drop("empty")
+    elif record in handshake.records or record[0] != 22:
+        assert decision == Deliver("record")
 
 
 @given(data=st.data())
 def test_fuzz_cookie_covers_exactly_the_repeated_fields(
     second_hello: bytes, data: st.DataObject
 ) -> None:
-    """A cookie verifies for a mutated ClientHello iff the fields it covers are unchanged
-    (then the mutation is in fields a client may change, like extensions)."""
+    """The gate admits a mutated ClientHello iff the cookie and the fields it covers
+    are unchanged and it comes from the address the cookie was issued to (then
+    the mutation is in fields a client may change, like extensions)."""
     original = parse_client_hello(second_hello)
     hostile = data.draw(mutated(second_hello, dtls=True))
+    address = data.draw(st.sampled_from(ADDRESSES))
+    decision = gate(hostile, address)
     try:
         hello = parse_client_hello(hostile)
     except RecordParseError:
+        assert isinstance(decision, Drop)
         return
-    address = data.draw(st.sampled_from([CLIENT_ADDRESS, ("127.0.0.1", 40001), ("::1", 40000)]))
     expected = address == CLIENT_ADDRESS and cookie_input(hello) == cookie_input(original)
     assert SECRETS.verify(original.cookie, address, hello, NOW) is expected
-    assert SECRETS.verify(hello.cookie, address, hello, NOW) is (
-        expected and hello.cookie == original.cookie
-    )
+    admitted = expected and hello.cookie == original.cookie
+    assert isinstance(decision, Admit) is admitted
+    if not admitted:
+        assert isinstance(decision, Reply)
 
 
 @given(data=st.data(), cuts=CUTS)

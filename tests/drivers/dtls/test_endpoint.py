@@ -14,10 +14,10 @@ from tests.core.dtls_pair import first_client_hello
 from tests.helpers import port_of, running_dtls_server
 from trio_tls_dtls import DTLSChannel, HandshakeError, PeerInfo, open_dtls_channel
 from trio_tls_dtls.core.contexts import client_context
-from trio_tls_dtls.core.dtls_records import parse_client_hello
+from trio_tls_dtls.core.dtls_records import MAX_DTLS_DATAGRAM, parse_client_hello
 from trio_tls_dtls.core.engine import DTLSEngine
 from trio_tls_dtls.drivers.dtls.link import SocketLink
-from trio_tls_dtls.drivers.dtls.server import MAX_DTLS_DATAGRAM, DTLSServer
+from trio_tls_dtls.drivers.dtls.server import DTLSServer
 
 ADDRESS = "127.0.0.1"
 
@@ -246,7 +246,9 @@ async def test_1000_peers_stay_then_age_out(pki: PKIFiles) -> None:
         async with trio.open_nursery() as nursery:
             for _ in range(1000):
                 nursery.start_soon(connect)
-        assert server.stats.handshakes_ok == 1000
+        # Most of them resumed the first one's session; in a resumed handshake
+        # the client sends the last message, so the server may count it later.
+        await wait_for(lambda: server.stats.handshakes_ok == 1000)
         assert len(server.peers) == 1000
         await wait_for(lambda: server.stats.peers_active == 0, limit=60)
         assert server.stats.idle_timeouts == 1000

@@ -22,7 +22,8 @@ from tests.helpers import port_of, running_tls_server
 from tests.service.test_observability import close_records, wait_for_records
 from trio_tls_dtls import PeerInfo, TLSStream
 from trio_tls_dtls.cli.config_file import DEFAULTS, load_config_file
-from trio_tls_dtls.cli.main import _serve_options, _settings_from, build_parser
+from trio_tls_dtls.cli.main import build_parser
+from trio_tls_dtls.cli.serve_settings import serve_options, settings_from
 from trio_tls_dtls.core.contexts import client_context
 from trio_tls_dtls.core.engine import TLSEngine
 from trio_tls_dtls.core.errors import ConfigError, TLSDError
@@ -281,7 +282,7 @@ def test_bad_settings_name_the_entry(pki: PKIFiles, options: dict[str, Any], mes
 
 
 def _options(*flags: str) -> dict[str, Any]:
-    return _serve_options(build_parser().parse_args(["serve", *flags]))
+    return serve_options(build_parser().parse_args(["serve", *flags]))
 
 
 def test_flags(pki: PKIFiles, tmp_path: Path) -> None:
@@ -293,7 +294,7 @@ def test_flags(pki: PKIFiles, tmp_path: Path) -> None:
     assert options["proxy_protocol"] is True
     assert options["proxy_trusted"] == ["10.0.0.0/24", "192.0.2.1", "::1"]
     options.update(cert=pki.server_cert, key=pki.server_key)
-    settings, _ = _settings_from(options, make_dev_pki=False)
+    settings, _ = settings_from(options, make_dev_pki=False)
     assert settings.proxy_protocol
     assert settings.proxy_trusted == ("10.0.0.0/24", "192.0.2.1/32", "::1/128")
     # Flags override the file's list rather than add to it.
@@ -569,11 +570,11 @@ def test_parser_module_does_not_import_trio() -> None:
 
 
 def test_argparse_type_error_is_specific() -> None:
-    from trio_tls_dtls.cli.main import _network_list
+    from trio_tls_dtls.cli.flag_values import network_list
 
-    assert _network_list("10.0.0.0/8,::1") == ["10.0.0.0/8", "::1"]
+    assert network_list("10.0.0.0/8,::1") == ["10.0.0.0/8", "::1"]
     with pytest.raises(argparse.ArgumentTypeError, match="'x' is not an IP address"):
-        _network_list("10.0.0.0/8,x")
+        network_list("10.0.0.0/8,x")
 
 
 async def test_per_source_limits_see_the_header_address(pki: PKIFiles) -> None:

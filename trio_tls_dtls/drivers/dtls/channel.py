@@ -12,8 +12,10 @@ we send it again. OpenSSL doubles the timer on each retry.
 
 Concurrency: one task may ``send`` while another ``receive``\\ s; two
 concurrent receivers (or senders) get ``BusyResourceError``. The handshake
-may run in a worker thread; the engine lock keeps every other engine call
-off the SSL object meanwhile. Cancellation is safe everywhere: a cancelled
+may run in a worker thread: every engine call goes through the channel's
+:class:`~trio_tls_dtls.drivers.engine_guard.EngineGuard`, which decides what
+runs in a thread and keeps every other engine call off the SSL object
+meanwhile. Cancellation is safe everywhere: a cancelled
 receive has taken nothing from the link, and a cancelled send at worst loses
 that one datagram, which DTLS tolerates by design.
 """
@@ -24,7 +26,6 @@ import contextlib
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar
 
 import trio
 from OpenSSL import SSL
@@ -33,12 +34,11 @@ from ...core.engine import DTLSEngine
 from ...core.errors import HandshakeError, TLSError
 from ...core.peer_info import Address, PeerInfo
 from ..conflict_detector import ConflictDetector
+from ..engine_guard import EngineGuard
 from ..offload import CryptoOffload
 from .link import DatagramLink
 
 __all__ = ["DTLSChannel"]
-
-T = TypeVar("T")
 
 
 class DTLSChannel(trio.abc.Channel[bytes]):
@@ -65,7 +65,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         """Called whenever a datagram moves (the server's idle timer uses it)."""
         self._link = link
         self._engine = engine
-        self._offload = offload if offload is not None else CryptoOffload()
+        self._guard = EngineGuard(engine, offload)
         # Lists, not deques: a deque allocates a 64-slot block at once.
         self._inbox: list[bytes] = []
         self._handshake_done = False
@@ -73,7 +73,6 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         self._closed = False
         self._broken: str | None = None
         self._handshake_lock = trio.Lock()
-        self._engine_lock = trio.Lock()
         self._send_conflict = ConflictDetector("another task is already sending on this channel")
         self._receive_conflict = ConflictDetector(
             "another task is already receiving on this channel"
@@ -124,15 +123,9 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         if self.on_activity is not None:
             self.on_activity()
 
-    async def _engine_inline(self, fn: Callable[[], T]) -> T:
-        if self._engine_lock.locked():
-            async with self._engine_lock:
-                return fn()
-        return fn()
-
     async def _flush(self) -> None:
         """Send every datagram the engine has queued."""
-        datagrams = await self._engine_inline(self._engine.datagrams_to_send)
+        datagrams = await self._guard.inline(self._engine.datagrams_to_send)
         for datagram in datagrams:
             await self._link.send(datagram)
             self.datagrams_sent += 1
@@ -170,7 +163,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
 
     async def _on_timer(self) -> None:
         """OpenSSL's retransmit timer fired: let it resend its last flight."""
-        if await self._engine_inline(self._engine.handle_timeout):
+        if await self._guard.inline(self._engine.handle_timeout):
             await self._flush()
 
     # -- handshake -------------------------------------------------------------
@@ -199,13 +192,9 @@ class DTLSChannel(trio.abc.Channel[bytes]):
 
     async def _handshake_steps(self) -> None:
         engine = self._engine
-        offload = self._offload.offloads_handshakes()
+        guard = self._guard
         while True:
-            if offload and engine.next_step_is_costly():
-                async with self._engine_lock:
-                    done = await self._offload.run(engine.do_handshake)
-            else:
-                done = await self._engine_inline(engine.do_handshake)
+            done = await guard.handshake_step()
             await self._flush()
             if done:
                 break
@@ -214,7 +203,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
                 datagram = await self._next_datagram(self._timer_deadline())
                 if datagram is None:
                     await self._on_timer()
-            await self._engine_inline(partial(engine.receive_datagram, datagram))
+            await guard.inline(partial(engine.receive_datagram, datagram))
         self._info = engine.peer_info(self.peer_address, transport="dtls")
         self._handshake_done = True
 
@@ -236,7 +225,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
             if not self._handshake_done:
                 await self._implicit_handshake()
             try:
-                await self._engine_inline(lambda: self._engine.send_message(value))
+                await self._guard.inline(lambda: self._engine.send_message(value))
             except TLSError as exc:
                 self._broken = str(exc)
                 raise trio.BrokenResourceError(str(exc)) from exc
@@ -288,7 +277,9 @@ class DTLSChannel(trio.abc.Channel[bytes]):
             return engine.receive_messages()
 
         try:
-            messages = await self._engine_inline(decrypt)
+            # One datagram is at most one 16 KiB record: always cheaper than
+            # a thread hop, so DTLS records never ask guard.record.
+            messages = await self._guard.inline(decrypt)
         except TLSError as exc:
             self._broken = str(exc)
             raise trio.BrokenResourceError(str(exc)) from exc
@@ -315,7 +306,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
             self._check_usable()
             if not self._handshake_done:
                 raise trio.BrokenResourceError("no DTLS session to close yet")
-            await self._engine_inline(self._engine.close)
+            await self._guard.inline(self._engine.close)
             await self._flush_best_effort()
 
     async def aclose(self) -> None:
@@ -325,7 +316,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
             return
         self._closed = True
         try:
-            if self._handshake_done and self._broken is None and not self._engine_lock.locked():
+            if self._handshake_done and self._broken is None and not self._guard.busy:
                 self._engine.close()
                 await self._flush_best_effort()
             else:

@@ -1,50 +1,51 @@
 """The DTLS endpoint: one receive loop per UDP socket, a cookie gate, a peer table.
 
-Every datagram from an address we do not know goes through the *cookie gate*:
-it must be a well-formed ClientHello, and unless it carries a cookie we
-issued (an HMAC over the peer's address and its ClientHello, see
-:mod:`.cookie`), the only answer is a HelloVerifyRequest — no larger than the
-ClientHello, and made without allocating anything that outlives the
-datagram. Only a ClientHello with a valid cookie, which proves the peer can
-receive at its claimed address, gets a peer-table entry, an OpenSSL
-connection and a task.
+Every datagram goes first through the *cookie gate*,
+:func:`~trio_tls_dtls.core.cookie_gate.decide`, a pure function of the
+datagram, its source address, the time and what this endpoint knows (is
+there a peer at that address, which ClientHello admitted it, are we
+draining). This module only carries out the decision:
 
-Datagrams from known peers go into that peer's bounded queue. A full queue
-drops the datagram, exactly as a congested link would, so a slow or hostile
-peer can never stall the loop that serves everyone else.
+* ``Drop``: count it under its reason in ``stats.dropped``;
+* ``Deliver``: put it in the known peer's bounded queue. A full queue drops
+  the datagram (``queue_full``), exactly as a congested link would, so a
+  slow or hostile peer can never stall the loop that serves everyone else;
+* ``Reply``: send the HelloVerifyRequest (never larger than the ClientHello)
+  and keep nothing;
+* ``Admit``: the cookie proved the address, so apply the per-source limits,
+  then make the OpenSSL connection, the peer-table entry and the task.
+
+Each admitted peer's task runs the shared lifecycle (:mod:`..lifecycle`:
+handshake with a deadline, handler with the idle deadline, close, close
+record), the same as a TLS connection's.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import socket as _stdsocket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 from OpenSSL import SSL
 
+from ...core.close_record import CloseSink
 from ...core.contexts import build_server_context
+from ...core.cookie_gate import Admit, Deliver, Drop, Reply, decide
 from ...core.dtls_cookie import CookieSecrets
-from ...core.dtls_records import (
-    ClientHello,
-    build_hello_verify_request,
-    cookie_input,
-    parse_client_hello,
-)
 from ...core.engine import DTLSEngine
-from ...core.errors import HandshakeError, RecordParseError
+from ...core.errors import HandshakeError
+from ...core.latency_histogram import LatencyHistogram
 from ...core.peer_info import Address, PeerInfo, format_address
 from ...core.peer_table import PeerTable
 from ...core.settings import ServerSettings
-from ...core.source_limits import LogThrottle, Refusal, SourceLimits
-from ..close_accounting import LatencyHistogram, account_close, log_refusal
-from ..idle_deadline import IdleDeadline
-from ..listeners import listen_error, normalize_address, validate_port
+from ...core.source_limits import Refusal, SourceLimits
+from ..lifecycle import Lifecycle, Opened, Transport
+from ..listeners import normalize_address, open_udp_sockets
 from ..offload import CryptoOffload
 from .channel import DTLSChannel
 from .link import MAX_DATAGRAM, PeerLink, SocketSender
@@ -56,13 +57,10 @@ logger = logging.getLogger(__name__)
 DTLSHandler = Callable[[DTLSChannel, PeerInfo], Awaitable[object]]
 """``async def handler(channel, peer)``: serve one DTLS peer after its handshake."""
 
+# How long a peer may take to say goodbye (one close_notify datagram).
 CLOSE_TIMEOUT = 1.0
 
-# No DTLS record is longer than 2^14 bytes of plaintext plus 2048 of
-# expansion plus its header; a datagram larger than that is not DTLS.
-MAX_DTLS_DATAGRAM = 2**14 + 2048 + 13
-
-_HANDSHAKE = 22
+_TRANSPORT = Transport("DTLS", "peer", logger, CLOSE_TIMEOUT)
 
 # Linux reports ICMP errors for earlier sends on unconnected UDP sockets as
 # receive errors; they say nothing about this endpoint.
@@ -99,42 +97,31 @@ class _Peer:
     """A peer-table entry: its queue, its task's cancel scope, its ClientHello.
 
     The one scope also carries the idle deadline (a second scope per peer
-    would be a few hundred bytes more of per-peer memory); ``stopped`` tells
-    a removal from an idle timeout.
+    would be a few hundred bytes more of per-peer memory); the lifecycle
+    tells a cut (:meth:`stop`) from an idle timeout by that deadline.
     """
 
-    __slots__ = ("channel", "hello_id", "link", "scope", "stopped")
+    __slots__ = ("channel", "hello_id", "link", "scope")
 
     def __init__(self, link: PeerLink, hello_id: bytes) -> None:
         self.link = link
         self.hello_id = hello_id
         self.scope = trio.CancelScope()
-        self.stopped = False
         self.channel: DTLSChannel | None = None
 
     def stop(self) -> None:
-        self.stopped = True
         self.scope.cancel()
         self.link.close()
-
-
-def _looks_like_client_hello(datagram: bytes) -> bool:
-    # Handshake record, epoch 0, handshake type client_hello: cheap enough
-    # to run on every datagram from a known peer.
-    return (
-        len(datagram) > 25
-        and datagram[0] == _HANDSHAKE
-        and datagram[3] == 0
-        and datagram[4] == 0
-        and datagram[13] == 1
-    )
 
 
 class DTLSServer:
     """Serves DTLS on UDP sockets it is given; see :func:`serve_dtls`.
 
     *cookies* overrides the secrets built from *settings* (workers share
-    one); *clock* is the wall clock the cookie epochs follow.
+    one); *clock* is the wall clock the cookie epochs follow. *on_close*
+    gets each peer's close record, as for
+    :class:`~trio_tls_dtls.drivers.tls.server.TLSServer` (by default it is
+    counted into :attr:`stats` and logged as the access line).
     """
 
     def __init__(
@@ -146,6 +133,7 @@ class DTLSServer:
         offload: CryptoOffload | None = None,
         cookies: CookieSecrets | None = None,
         clock: Callable[[], float] = time.time,
+        on_close: CloseSink | None = None,
     ) -> None:
         self.handler = handler
         self.settings = settings
@@ -158,7 +146,6 @@ class DTLSServer:
         self.sockets: list[trio.socket.SocketType] = []
         self.admitting = True
         """False once draining: no new peers, only the existing ones are served."""
-        self._peer_ended = trio.Event()
         self._closing_senders: list[SocketSender] = []
         self.source_limits = SourceLimits.unless_off(
             rate=settings.per_source_rate,
@@ -166,7 +153,10 @@ class DTLSServer:
             max_connections=settings.per_source_connections,
             exempt=settings.per_source_exempt,
         )
-        self._refusal_log = LogThrottle()
+        self.lifecycle = Lifecycle(
+            _TRANSPORT, settings, handler, self.stats, on_close, open=self._open, left=self._left
+        )
+        """Each peer's life, from its handshake to its close record."""
 
     @property
     def addresses(self) -> list[Address]:
@@ -204,12 +194,10 @@ class DTLSServer:
         left, and cancelling :meth:`serve` cuts them.
         """
         self.admitting = False
-        async with trio.open_nursery() as nursery:
-            for peer in self.peers.values():
-                nursery.start_soon(_say_goodbye, peer)
-        while self.stats.peers_active:
-            await self._peer_ended.wait()
-            self._peer_ended = trio.Event()
+        await self.lifecycle.drain(
+            [(peer.channel, peer.stop) for peer in self.peers.values()],
+            lambda: self.stats.peers_active,
+        )
 
     # -- the receive loop ----------------------------------------------------------
 
@@ -225,7 +213,10 @@ class DTLSServer:
                     if exc.errno not in _ICMP_ERRORS:
                         raise
                     continue
-                await self._on_datagram(index, datagram, sockaddr, sender, nursery)
+                # One clock reading per wake-up: a cookie epoch lasts a
+                # minute, a batch a few milliseconds.
+                now = self.clock()
+                await self._on_datagram(index, datagram, sockaddr, now, sender, nursery)
                 # Whatever else is already queued, without a trip through the
                 # scheduler per datagram; the await above is the checkpoint.
                 for _ in range(_RECEIVE_BATCH):
@@ -237,7 +228,7 @@ class DTLSServer:
                         if exc.errno not in _ICMP_ERRORS:
                             raise
                         continue
-                    await self._on_datagram(index, datagram, sockaddr, sender, nursery)
+                    await self._on_datagram(index, datagram, sockaddr, now, sender, nursery)
         finally:
             self._closing_senders.append(sender)
 
@@ -246,77 +237,42 @@ class DTLSServer:
         index: int,
         datagram: bytes,
         sockaddr: tuple[object, ...],
+        now: float,
         sender: SocketSender,
         nursery: trio.Nursery,
     ) -> None:
+        """Ask the cookie gate what to do with *datagram*, and do it."""
         self.stats.datagrams_received += 1
         address = normalize_address(sockaddr)
-        if len(datagram) > MAX_DTLS_DATAGRAM:
-            self.stats.dropped["oversized"] += 1
-            return
-        if not datagram:
-            self.stats.dropped["empty"] += 1
-            return
         key = (index, address)
         peer = self.peers.get(key)
-        if peer is not None and not _looks_like_client_hello(datagram):
-            self.peers.touch(key)
-            if not peer.link.deliver(datagram):
-                self.stats.dropped["queue_full"] += 1
-            return
-        await self._client_hello(key, datagram, peer, sender, nursery)
-
-    async def _client_hello(
-        self,
-        key: tuple[int, Address],
-        datagram: bytes,
-        peer: _Peer | None,
-        sender: SocketSender,
-        nursery: trio.Nursery,
-    ) -> None:
-        """The cookie gate (and, for a known address, retransmit vs. restart)."""
-        address = key[1]
-        if not self.admitting:
-            self.stats.dropped["draining"] += 1
-            return
-        if datagram[0] != _HANDSHAKE:
-            self.stats.dropped["not_handshake"] += 1
-            return
-        try:
-            hello = parse_client_hello(datagram)
-        except RecordParseError:
-            if peer is not None:  # let that peer's OpenSSL judge it
-                peer.link.deliver(datagram)
-            else:
-                self.stats.dropped["malformed"] += 1
-            return
-        if peer is not None and hello.cookie and cookie_input(hello) == peer.hello_id:
-            # The same ClientHello again: the peer's retransmission.
-            peer.link.deliver(datagram)
-            return
-        now = self.clock()
-        if not hello.cookie or not self.cookies.verify(hello.cookie, address, hello, now):
-            if hello.cookie:
-                self.stats.cookies_rejected += 1
-            await self._send_hello_verify_request(datagram, hello, address, sender, now)
-            return
-        self.stats.cookies_verified += 1
-        self._start_peer(key, datagram, cookie_input(hello), sender, nursery)
+        decision = decide(
+            datagram,
+            address,
+            now,
+            self.cookies,
+            known_hello_id=None if peer is None else peer.hello_id,
+            admitting=self.admitting,
+        )
+        match decision:
+            case Deliver():
+                assert peer is not None  # the gate delivers only to a known peer
+                self.peers.touch(key)
+                if not peer.link.deliver(datagram):
+                    self.stats.dropped["queue_full"] += 1
+            case Drop(reason=reason):
+                self.stats.dropped[reason] += 1
+            case Reply(hello_verify_request=reply, cookie_rejected=rejected):
+                if rejected:
+                    self.stats.cookies_rejected += 1
+                await self._send_hello_verify_request(reply, address, sender)
+            case Admit():
+                self.stats.cookies_verified += 1
+                self._start_peer(key, datagram, decision, sender, nursery)
 
     async def _send_hello_verify_request(
-        self,
-        datagram: bytes,
-        hello: ClientHello,
-        address: Address,
-        sender: SocketSender,
-        now: float,
+        self, reply: bytes, address: Address, sender: SocketSender
     ) -> None:
-        cookie = self.cookies.generate(address, hello, now)
-        reply = build_hello_verify_request(hello, cookie)
-        if len(reply) > len(datagram):
-            # Never answer with more bytes than we got: no amplification.
-            self.stats.dropped["too_small_to_answer"] += 1
-            return
         try:
             await sender.sendto(reply, address)
         except OSError as exc:
@@ -328,7 +284,7 @@ class DTLSServer:
         self,
         key: tuple[int, Address],
         datagram: bytes,
-        hello_id: bytes,
+        admit: Admit,
         sender: SocketSender,
         nursery: trio.Nursery,
     ) -> None:
@@ -338,8 +294,7 @@ class DTLSServer:
         if limits is not None:
             # A new handshake from a known address and port replaces its old
             # peer: the source's count stays the same once that one ends.
-            replacing = self.peers.get(key) is not None
-            refused = limits.admit(key[1][0], trio.current_time(), replacing=replacing)
+            refused = limits.admit(key[1][0], trio.current_time(), replacing=admit.replaces_peer)
             if refused is not None:
                 self._refuse(key[1], refused)
                 return
@@ -350,7 +305,7 @@ class DTLSServer:
             if limits is not None:
                 limits.release(key[1][0])
             return
-        peer = _Peer(PeerLink(sender, key[1], self.settings.peer_queue_size), hello_id)
+        peer = _Peer(PeerLink(sender, key[1], self.settings.peer_queue_size), admit.hello_id)
         for old in self.peers.add(key, peer):
             if old.link.address == key[1]:
                 self.stats.peers_replaced += 1
@@ -370,116 +325,34 @@ class DTLSServer:
     def _refuse(self, address: Address, why: Refusal) -> None:
         """Drop a valid ClientHello the per-source limits refuse; the client retries later."""
         self.stats.dropped[f"per_source_{why}"] += 1
-        log_refusal(self._refusal_log, trio.current_time(), address, why, "DTLS peer")
+        self.lifecycle.log_refusal(address, why, "DTLS peer")
 
     # -- one peer --------------------------------------------------------------------
 
-    async def _peer_task(self, key: tuple[int, Address], peer: _Peer, engine: DTLSEngine) -> None:
-        address = key[1]
-        channel = DTLSChannel(peer.link, engine, offload=self.offload, peer_address=address)
+    def _peer_task(
+        self, key: tuple[int, Address], peer: _Peer, engine: DTLSEngine
+    ) -> Coroutine[Any, Any, None]:
+        """The task _start_peer starts for an admitted peer: its whole life (the lifecycle)."""
+        return self.lifecycle.run((key, peer, engine))
+
+    async def _open(self, ticket: _PeerTicket) -> Opened[DTLSChannel]:
+        """The channel of a peer the cookie gate and the limits admitted."""
+        key, peer, engine = ticket
+        channel = DTLSChannel(peer.link, engine, offload=self.offload, peer_address=key[1])
         peer.channel = channel
-        started = trio.current_time()
-        info: PeerInfo | None = None
-        reason, error = "cancelled", None
-        try:
-            with peer.scope:
-                info, reason, error = await self._handshake(channel, address)
-                if info is not None:
-                    reason = "cancelled"  # unless the handler returns
-                    reason = await self._run_handler(channel, info, peer.scope)
-            if peer.scope.cancelled_caught:
-                if peer.stopped:  # replaced, evicted, or cut by a drain
-                    reason = "drained" if not self.admitting else "removed"
-                else:  # only the idle deadline cancels it otherwise
-                    reason = "idle_timeout"
-                    self.stats.idle_timeouts += 1
-                    logger.info(
-                        "DTLS peer %s idle for %gs: removed",
-                        format_address(address),
-                        self.settings.idle_timeout,
-                    )
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = "broken"
-            logger.info("DTLS peer %s ended: %s", format_address(address), exc)
-        except Exception:
-            reason = "error"
-            self.stats.handler_errors += 1
-            logger.exception("DTLS handler failed for %s", format_address(address))
-        finally:
-            self.peers.remove(key, peer)
-            self.stats.peers_active -= 1
-            if self.source_limits is not None:
-                self.source_limits.release(address[0])
-            self._peer_ended.set()
-            # A hard stop makes aclose raise Cancelled: account and log anyway.
-            try:
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await channel.aclose()
-            finally:
-                account_close(
-                    self.stats,
-                    channel,
-                    address=address,
-                    transport="dtls",
-                    info=info,
-                    duration=trio.current_time() - started,
-                    reason=reason,
-                    handshake_error=error,
-                )
+        return channel, peer.scope, key[1]
 
-    async def _handshake(
-        self, channel: DTLSChannel, address: Address
-    ) -> tuple[PeerInfo | None, str, str | None]:
-        """The peer's info, or None with why: (info, close reason, handshake error)."""
-        started = trio.current_time()
-        try:
-            with trio.fail_after(self.settings.handshake_timeout):
-                await channel.do_handshake()
-        except trio.TooSlowError:
-            self.stats.handshakes_failed["timeout"] += 1
-            logger.info(
-                "DTLS handshake from %s timed out after %gs",
-                format_address(address),
-                self.settings.handshake_timeout,
-            )
-            return None, "handshake_timeout", None
-        except HandshakeError as exc:
-            self.stats.handshakes_failed[exc.reason] += 1
-            logger.info("DTLS handshake from %s failed: %s", format_address(address), exc.reason)
-            return None, "handshake_failed", exc.reason
-        elapsed = trio.current_time() - started
-        self.stats.handshakes_ok += 1
-        self.stats.handshake_seconds.observe(elapsed)
-        info = channel.info
-        logger.info("DTLS handshake ok: %s time=%.1fms", info.describe(), elapsed * 1000)
-        return info, "handshake_done", None
-
-    async def _run_handler(
-        self, channel: DTLSChannel, info: PeerInfo, scope: trio.CancelScope
-    ) -> str:
-        """Run the handler with the idle deadline on the peer's *scope*; why the peer ended."""
-        timeout = self.settings.idle_timeout
-        if timeout is not None:
-            channel.on_activity = IdleDeadline(scope, timeout).touch
-        await self.handler(channel, info)
-        if not self.admitting:
-            return "drained"
-        return "peer_closed" if channel.peer_closed else "handler_done"
+    def _left(self, opened: Opened[DTLSChannel], ticket: _PeerTicket) -> None:
+        """A peer is closing: it leaves the table (its address is a stranger's again)."""
+        key, peer, _ = ticket
+        self.peers.remove(key, peer)
+        self.stats.peers_active -= 1
+        if self.source_limits is not None:
+            self.source_limits.release(key[1][0])
 
 
-async def _say_goodbye(peer: _Peer) -> None:
-    """close_notify for a drain; a peer still in its handshake is cut instead."""
-    channel = peer.channel
-    if channel is None or not channel.handshake_done:
-        peer.stop()
-        return
-    with trio.move_on_after(CLOSE_TIMEOUT):
-        try:
-            await channel.send_close_notify()
-        except trio.BusyResourceError:  # the handler is sending: the drain timeout decides
-            pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            peer.stop()
+# What a peer's task starts with: its table key, its entry, its engine.
+_PeerTicket = tuple[tuple[int, Address], _Peer, DTLSEngine]
 
 
 def cookie_secrets_for(settings: ServerSettings) -> CookieSecrets:
@@ -497,41 +370,6 @@ async def dtls_echo_handler(channel: DTLSChannel, peer: PeerInfo) -> None:
         await channel.send(message)
 
 
-async def open_udp_sockets(
-    port: int, host: str | None, *, reuse_port: bool = False
-) -> list[trio.socket.SocketType]:
-    """One bound UDP socket per address *host* resolves to (IPv6 sockets v6-only)."""
-    validate_port(port)
-    try:
-        infos = await trio.socket.getaddrinfo(
-            host, port, type=_stdsocket.SOCK_DGRAM, flags=_stdsocket.AI_PASSIVE
-        )
-    except OSError as exc:
-        raise listen_error(exc, host, port, "UDP") from exc
-    sockets: list[trio.socket.SocketType] = []
-    seen: set[object] = set()
-    try:
-        for family, kind, proto, _, sockaddr in infos:
-            if sockaddr in seen:
-                continue
-            seen.add(sockaddr)
-            sock = trio.socket.socket(family, kind, proto)
-            sockets.append(sock)
-            if family == _stdsocket.AF_INET6:
-                sock.setsockopt(_stdsocket.IPPROTO_IPV6, _stdsocket.IPV6_V6ONLY, 1)
-            if reuse_port:
-                sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
-            try:
-                await sock.bind(sockaddr)
-            except OSError as exc:
-                raise listen_error(exc, host, port, "UDP") from exc
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
 async def serve_dtls(
     handler: DTLSHandler,
     port: int,
@@ -539,15 +377,17 @@ async def serve_dtls(
     host: str | None = None,
     settings: ServerSettings,
     offload: CryptoOffload | None = None,
+    on_close: CloseSink | None = None,
     task_status: trio.TaskStatus[DTLSServer] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve DTLS 1.2 on UDP *host*:*port*, running ``await handler(channel, peer)`` per peer.
 
     ``nursery.start(serve_dtls, ...)`` returns the :class:`DTLSServer` once
-    its sockets are bound. Runs until cancelled. Raises
+    its sockets are bound. Runs until cancelled. *on_close* is where each
+    peer's close record goes (see :class:`DTLSServer`). Raises
     :class:`~trio_tls_dtls.core.errors.ListenError` if it cannot bind and
     :class:`~trio_tls_dtls.core.errors.ConfigError` for bad settings or files.
     """
-    server = DTLSServer(handler, settings, offload=offload)
+    server = DTLSServer(handler, settings, offload=offload, on_close=on_close)
     sockets = await open_udp_sockets(port, host)
     await server.serve(sockets, task_status=task_status)

@@ -1,0 +1,136 @@
+"""From flags and the config file to what ``serve`` runs: options, settings, handlers.
+
+``serve_options`` layers the defaults, the ``--config`` file and the flags
+given, in that order (the serve flags have no argparse defaults, so a flag
+left out never hides a file's value). ``settings_from`` turns those options
+into :class:`~trio_tls_dtls.core.settings.ServerSettings`, falling back on
+the development PKI in ``./certs`` when no certificate is given.
+``check-config`` uses the same two steps, so it accepts exactly what
+``serve`` accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, TypedDict
+
+from ..core.errors import ConfigError, TLSDError
+from ..core.settings import CertificateSettings, ServerSettings, VerifyClient
+from ..drivers.dtls.server import DTLSHandler
+from ..drivers.tls.server import TLSHandler
+from ..service.forward import forward_tcp, forward_udp
+from ..service.privileges import Identity, resolve_identity
+from .config_file import DEFAULTS, load_config_file
+from .dev_pki import DEFAULT_CERT_DIR, ensure_dev_pki
+from .targets import parse_target
+
+__all__ = ["Handlers", "handlers_from", "identity_from", "serve_options", "settings_from"]
+
+logger = logging.getLogger("trio_tls_dtls.cli")
+
+
+def serve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, then the --config file, then the flags given."""
+    options = dict(DEFAULTS)
+    config = getattr(args, "config", None)
+    if config is not None:
+        options.update(load_config_file(config))
+    flags = {k: v for k, v in vars(args).items() if k in DEFAULTS}
+    options.update(flags)
+    if getattr(args, "no_session_tickets", False):
+        options["session_tickets"] = False
+    if getattr(args, "tls_only", False):
+        options["protocols"] = ["tls"]
+    if getattr(args, "dtls_only", False):
+        options["protocols"] = ["dtls"]
+    return options
+
+
+def settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[ServerSettings, bool]:
+    """ServerSettings from the options; the bool says if the development PKI is used."""
+    if (options["cert"] is None) != (options["key"] is None):
+        raise TLSDError("--cert and --key (cert and key) go together: give both or neither")
+    ca = options["ca"]
+    dev = options["cert"] is None
+    if dev:
+        if make_dev_pki and ensure_dev_pki(DEFAULT_CERT_DIR):
+            logger.warning(
+                "no --cert/--key given: created a development PKI in %s/ (not for production)",
+                DEFAULT_CERT_DIR,
+            )
+        cert, key = DEFAULT_CERT_DIR / "server.pem", DEFAULT_CERT_DIR / "server.key"
+        if ca is None and options["verify_client"] != "none":
+            ca = DEFAULT_CERT_DIR / "ca.pem"
+    else:
+        cert, key = options["cert"], options["key"]
+    settings = ServerSettings(
+        certificate=CertificateSettings(
+            cert,
+            key,
+            _read_password(options["key_password_file"]),
+            ocsp_staple_file=options["ocsp_staple"],
+        ),
+        ca_file=ca,
+        verify_client=VerifyClient(options["verify_client"]),
+        crl_file=options["crl_file"],
+        allow_client_subjects=tuple(options["allow_client_subject"] or ()),
+        allow_client_sans=tuple(options["allow_client_san"] or ()),
+        min_version=options["min_version"],
+        alpn=tuple(options["alpn"] or ()),
+        psk_file=options["psk_file"],
+        keylog_file=options["keylog_file"],
+        session_tickets=options["session_tickets"],
+        handshake_timeout=options["handshake_timeout"],
+        idle_timeout=options["idle_timeout"],
+        max_connections=options["max_connections"],
+        per_source_rate=options["per_source_rate"],
+        per_source_burst=options["per_source_burst"],
+        per_source_connections=options["per_source_connections"],
+        per_source_exempt=tuple(options["per_source_exempt"]),
+        drain_timeout=options["drain_timeout"],
+        mtu=options["mtu"],
+        max_peers=options["max_peers"],
+        cookie_secret_file=options["cookie_secret_file"],
+        proxy_protocol=options["proxy_protocol"],
+        proxy_trusted=tuple(options["proxy_trusted"]),
+    )
+    return settings, dev
+
+
+def _read_password(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise TLSDError(f"cannot read key password file {path}: {exc.strerror}") from None
+
+
+def identity_from(options: dict[str, Any]) -> Identity | None:
+    """Who to become after binding (--user/--group), resolved before anything is bound."""
+    if options["user"] is None:
+        if options["group"] is not None:
+            raise ConfigError("--group needs --user")
+        return None
+    return resolve_identity(options["user"], options["group"])
+
+
+class Handlers(TypedDict, total=False):
+    """Keyword arguments for :class:`~trio_tls_dtls.service.service.Service`."""
+
+    tls_handler: TLSHandler
+    dtls_handler: DTLSHandler
+
+
+def handlers_from(options: dict[str, Any]) -> Handlers:
+    """Forwarding handlers where a backend is configured; echo (the default) elsewhere."""
+    handlers: Handlers = {}
+    if options["forward_tcp"]:
+        target = parse_target(options["forward_tcp"])
+        handlers["tls_handler"] = forward_tcp(target.host, target.port)
+    if options["forward_udp"]:
+        target = parse_target(options["forward_udp"])
+        handlers["dtls_handler"] = forward_udp(target.host, target.port)
+    return handlers
