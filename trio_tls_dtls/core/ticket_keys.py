@@ -95,6 +95,11 @@ class ServerContexts:
         self._switch = switch
 
     @property
+    def tickets(self) -> bool:
+        """Whether connections get session tickets (not with pre-shared keys)."""
+        return self.settings.session_tickets and not self.settings.psk_enabled
+
+    @property
     def current(self) -> SSL.Context:
         """The front that seals new tickets."""
         return self._fronts[0].context
@@ -144,13 +149,15 @@ class ServerContexts:
         """
         certificates = build_certificates(self.settings, dtls=self.dtls, keylog=self._keylog)
         switch = self._switch
-        if switch is not None:
+        if switch is not None and self.tickets:
 
             def use_certificates() -> None:
                 switch.certificates = certificates
 
             return use_certificates
-        # A context given to us cannot switch: contexts of our own replace it.
+        # No ticket keys to keep (tickets off, pre-shared keys, or a context
+        # given to us): a new front too, so that what the front itself holds
+        # is read again (TLS 1.3 looks its PSK up before the switch).
         new_switch = CertificateSwitch(certificates)
         front = self._new_front(new_switch)
 
@@ -163,11 +170,11 @@ class ServerContexts:
     def rotate(self) -> bool:
         """New ticket keys for new tickets; the current ones still open theirs until the next.
 
-        False, and nothing changes, when session tickets are off or the
+        False, and nothing changes, when there are no tickets or the
         context was given. Raises ConfigError, having changed nothing, if a
         file the front reads (the client CA) is bad.
         """
-        if self._switch is None or not self.settings.session_tickets:
+        if self._switch is None or not self.tickets:
             return False
         self._fronts = (self._new_front(self._switch), self._fronts[0])
         self.rotations += 1
@@ -176,7 +183,7 @@ class ServerContexts:
     def _new_front(self, switch: CertificateSwitch) -> TicketFront:
         settings = self.settings
         ctx = build_front_context(settings, switch, dtls=self.dtls, keylog=self._keylog)
-        if not settings.session_tickets:
+        if not self.tickets:
             return TicketFront(ctx, None)
         try:
             key_name = _learn_key_name(ctx, settings, self.dtls)

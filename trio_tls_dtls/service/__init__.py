@@ -15,7 +15,9 @@ What lives here
   one set of ticket keys and one cookie secret; each runs
   :func:`~.serving_process.serve_process`.
 * Handlers (echo in the drivers; :mod:`.forward` for TCP/UDP backends),
-  metrics (:mod:`.metrics`), the connection log format, privilege dropping.
+  metrics (:mod:`.metrics`), the access log (:mod:`.access_log`: the sink
+  both servers send their close records to; it counts each once and writes
+  the access line), the log formats, privilege dropping.
 
 What may be imported
 --------------------

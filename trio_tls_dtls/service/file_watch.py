@@ -34,10 +34,11 @@ _Look = tuple[int, int, int, int] | None  # device, inode, size, mtime; None: no
 
 
 def watched_files(settings: ServerSettings) -> tuple[Path, ...]:
-    """Every file a reload reads: certificates, keys, OCSP staples, the client CA."""
-    paths: list[Path | None] = [settings.ca_file]
+    """Every file a reload reads: certificates, keys, OCSP staples, the client CA and CRL, PSKs."""
+    paths: list[Path | None] = [settings.ca_file, settings.crl_file, settings.psk_file]
     for cert in (settings.certificate, *settings.sni_certificates):
-        paths += [cert.cert_file, cert.key_file, cert.ocsp_staple_file]
+        if cert is not None:
+            paths += [cert.cert_file, cert.key_file, cert.ocsp_staple_file]
     return tuple(dict.fromkeys(p for p in paths if p is not None))
 
 
