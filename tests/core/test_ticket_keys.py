@@ -298,3 +298,42 @@ def test_the_schedules_take_seconds_or_zero_for_off(pki: PKIFiles, name: str) ->
     for bad in (-1, float("inf"), True, "10"):
         with pytest.raises(ConfigError, match=name):
             pki.server_settings(**{name: bad})
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_pre_shared_keys_reload_through_the_front_and_never_rotate(
+    pki: PKIFiles, tmp_path: Path, version: str
+) -> None:
+    """No tickets with PSKs: a reload makes a new front, whose PSK table TLS 1.3 reads first."""
+    old_key, new_key = b"k" * 32, b"n" * 32
+    path = tmp_path / "psk.txt"
+    path.write_text(f"sensor-1:{old_key.hex()}\n")
+    path.chmod(0o600)
+    settings = ServerSettings(psk_file=path, min_version=version, max_version=version)
+    contexts = ServerContexts(settings)
+    assert not contexts.tickets and contexts.fronts[0].key_name is None
+    assert not contexts.rotate()
+
+    def handshake_with(key: bytes) -> bool:
+        client_settings = ClientSettings(
+            psk_identity="sensor-1", psk_key=key, min_version=version, max_version=version
+        )
+        client = TLSEngine.client(client_context(client_settings), "localhost")
+        server = TLSEngine.server(contexts.current)
+        try:
+            for _ in range(10):
+                client.do_handshake()
+                server.receive_bytes(client.bytes_to_send())
+                server.do_handshake()
+                client.receive_bytes(server.bytes_to_send())
+                if client.handshake_done and server.handshake_done:
+                    return True
+        except Exception:
+            return False
+        return False
+
+    assert handshake_with(old_key)
+    path.write_text(f"sensor-1:{new_key.hex()}\n")
+    contexts.reload()
+    assert handshake_with(new_key)
+    assert not handshake_with(old_key)

@@ -53,11 +53,16 @@ from .engine import DTLSEngine, TLSEngine
 from .errors import TLSDError
 from .settings import ClientSettings, ServerSettings
 
-__all__ = ["ServerContexts", "TicketFront"]
+__all__ = ["ServerContexts", "TicketFront", "issues_tickets"]
 
 logger = logging.getLogger(__name__)
 
 _STEPS = 10  # a handshake in memory takes 2-4; more means it is stuck
+
+
+def issues_tickets(settings: ServerSettings) -> bool:
+    """Whether a server with *settings* gives session tickets (never with pre-shared keys)."""
+    return settings.session_tickets and not settings.psk_enabled
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ class ServerContexts:
     @property
     def tickets(self) -> bool:
         """Whether connections get session tickets (not with pre-shared keys)."""
-        return self.settings.session_tickets and not self.settings.psk_enabled
+        return issues_tickets(self.settings)
 
     @property
     def current(self) -> SSL.Context:

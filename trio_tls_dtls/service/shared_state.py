@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ..core.dtls_cookie import CookieSecrets
 from ..core.errors import TLSDError
 from ..core.settings import ServerSettings
-from ..core.ticket_keys import ServerContexts
+from ..core.ticket_keys import ServerContexts, issues_tickets
 from ..drivers.dtls.server import cookie_secrets_for
 from .file_watch import FileWatch, watched_files
 
@@ -107,7 +107,7 @@ class SharedStateSource:
         """Why the workers should be rolled now, or None."""
         settings = self.settings
         rotation, interval = settings.ticket_key_rotation, settings.reload_interval
-        if rotation and settings.session_tickets:
+        if rotation and issues_tickets(settings):
             if self._next_rotation is None:
                 self._next_rotation = now + rotation
             elif now >= self._next_rotation:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import trio
 
+from ..core.ticket_keys import issues_tickets
 from .drain import GracefulStop
 from .file_watch import FileWatch
 from .service import Service
@@ -33,7 +34,7 @@ async def upkeep(stop: GracefulStop) -> None:
     async with trio.open_nursery() as nursery:
         if settings.reload_interval:
             nursery.start_soon(_reload_on_change, stop, settings.reload_interval)
-        if settings.ticket_key_rotation and settings.session_tickets:
+        if settings.ticket_key_rotation and issues_tickets(settings):
             nursery.start_soon(_rotate_ticket_keys, stop.service, settings.ticket_key_rotation)
 
 
