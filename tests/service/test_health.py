@@ -24,11 +24,11 @@ from tests.cli.test_cli import (
 )
 from tests.conftest import PKIFiles
 from tests.service.test_signals import serving_process, signal_self
-from trio_tls_dtls import Service, open_dtls_channel, open_tls_stream, serve_metrics
+from trio_tls_dtls import Service, open_dtls_channel, open_tls_stream, serve_health, serve_metrics
 from trio_tls_dtls.cli.main import build_parser
 from trio_tls_dtls.cli.serve_settings import serve_options
 from trio_tls_dtls.core.errors import ConfigError
-from trio_tls_dtls.service.health import readiness, serve_health
+from trio_tls_dtls.service.health import readiness
 from trio_tls_dtls.service.http_endpoint import (
     Request,
     Response,
