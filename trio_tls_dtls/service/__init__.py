@@ -17,7 +17,9 @@ What lives here
 * Handlers (echo in the drivers; :mod:`.forward` for TCP/UDP backends,
   optionally told the client by a PROXY header), metrics (:mod:`.metrics`),
   health and readiness (:mod:`.health`; both over the small HTTP server of
-  :mod:`.http_endpoint`), the connection log format, privilege dropping.
+  :mod:`.http_endpoint`), the access log (:mod:`.access_log`: the sink both
+  servers send their close records to; it counts each once and writes the
+  access line), the log formats, privilege dropping.
 
 What may be imported
 --------------------

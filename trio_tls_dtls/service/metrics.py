@@ -1,9 +1,11 @@
 """Prometheus metrics for a running :class:`~trio_tls_dtls.service.service.Service`.
 
 Nothing is counted twice: the servers keep plain counters in their stats
-dataclasses, and :class:`ServiceCollector` reads them when Prometheus
-scrapes. Each service gets its own ``CollectorRegistry`` (never the global
-one), so two services in one process do not mix.
+dataclasses (closes and bytes are counted there by the service's
+:class:`~.access_log.AccessLog`, from each close record), and
+:class:`ServiceCollector` reads them when Prometheus scrapes. Each service
+gets its own ``CollectorRegistry`` (never the global one), so two services
+in one process do not mix.
 
 :func:`serve_metrics` answers ``GET /metrics`` over plain HTTP from the same
 Trio loop as the service (``trio-tlsd serve --metrics-port P``), and the
@@ -26,7 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..drivers.close_accounting import LatencyHistogram
+from ..core.latency_histogram import LatencyHistogram
 from .health import health_routes
 from .http_endpoint import MAX_REQUEST, REQUEST_TIMEOUT, Request, Response, serve_http
 from .service import Service

@@ -5,7 +5,8 @@
 runs each listener as a child of one nursery, each reporting readiness
 through ``task_status.started()``. A failure inside one connection or peer
 never reaches the nursery: the servers catch it per task. Either listener can
-be left out.
+be left out. Both servers send their close records to one
+:class:`~.access_log.AccessLog`, which counts and logs them.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from ..core.dtls_cookie import CookieSecrets
 from ..core.errors import ConfigError, ListenError, TLSDError
 from ..core.peer_info import Address, format_address
 from ..core.settings import ServerSettings
-from ..drivers.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler, open_udp_sockets
-from ..drivers.listeners import normalize_address, open_tcp_listeners
+from ..drivers.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler
+from ..drivers.listeners import normalize_address, open_tcp_listeners, open_udp_sockets
 from ..drivers.offload import CryptoOffload
 from ..drivers.tls.server import TLSHandler, TLSServer, echo_handler
+from . import sd_notify
+from .access_log import AccessLog
 
 __all__ = ["Service", "serve"]
 
@@ -59,12 +62,27 @@ class Service:
         self.offload = offload if offload is not None else CryptoOffload(settings.offload)
         self.tls: TLSServer | None = None
         self.dtls: DTLSServer | None = None
+        self.access_log = AccessLog()
+        """Where both servers' close records go: counted into their stats, logged."""
         if tls:
-            self.tls = TLSServer(tls_handler, settings, context=tls_context, offload=self.offload)
+            self.tls = TLSServer(
+                tls_handler,
+                settings,
+                context=tls_context,
+                offload=self.offload,
+                on_close=self.access_log,
+            )
+            self.access_log.counts["tls"] = self.tls.stats
         if dtls:
             self.dtls = DTLSServer(
-                dtls_handler, settings, context=dtls_context, offload=self.offload, cookies=cookies
+                dtls_handler,
+                settings,
+                context=dtls_context,
+                offload=self.offload,
+                cookies=cookies,
+                on_close=self.access_log,
             )
+            self.access_log.counts["dtls"] = self.dtls.stats
         self._listeners: list[trio.SocketListener] = []
         self._sockets: list[trio.socket.SocketType] = []
         self.tls_addresses: list[Address] = []
@@ -163,6 +181,7 @@ class Service:
             self.serving = True
             try:
                 task_status.started(self)
+                nursery.start_soon(sd_notify.announce, self)  # systemd: READY=1, then STATUS=
                 await trio.sleep_forever()
             finally:
                 self.serving = False
@@ -185,6 +204,10 @@ class Service:
         file is missing or bad, the old certificates stay in use, the reason
         is logged, and this returns False.
         """
+        with sd_notify.reloading():  # systemd: RELOADING=1, then READY=1
+            return self._reload_contexts()
+
+    def _reload_contexts(self) -> bool:
         try:
             tls = build_server_context(self.settings) if self.tls is not None else None
             dtls = build_server_context(self.settings, dtls=True) if self.dtls is not None else None
@@ -208,6 +231,7 @@ class Service:
         cancelling :meth:`run` cuts them.
         """
         self.begin_stopping("draining")
+        sd_notify.stopping(self.open_count())  # systemd: STOPPING=1
         async with trio.open_nursery() as nursery:
             if self.tls is not None:
                 nursery.start_soon(self.tls.drain)
