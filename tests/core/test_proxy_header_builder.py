@@ -35,6 +35,7 @@ from trio_tls_dtls.core.proxy_tlvs import (
     PP2_TYPE_ALPN,
     PP2_TYPE_AUTHORITY,
     PP2_TYPE_SSL,
+    PP2_TYPE_TRIO_PSK_IDENTITY,
     SSLTLV,
     client_tlvs,
     common_name,
@@ -216,6 +217,15 @@ def test_client_tlvs_resumed_and_without_a_certificate() -> None:
         dict(client_tlvs(peer(certificate=CLIENT_CERT), verified=False))[PP2_TYPE_SSL]
     )
     assert unverified.client & PP2_CLIENT_CERT_CONN and not unverified.verified
+
+
+def test_a_psk_client_is_named_by_its_identity() -> None:
+    psk_peer = peer(cipher="PSK-AES128-GCM-SHA256", protocol="DTLSv1.2", psk_identity="sensor-7")
+    tlvs = client_tlvs(psk_peer, verified=True)
+    assert [kind for kind, _ in tlvs] == [PP2_TYPE_SSL, PP2_TYPE_TRIO_PSK_IDENTITY]
+    assert tlvs[1] == (0xE4, b"sensor-7")
+    ssl = SSLTLV.decode(tlvs[0][1])
+    assert ssl.client == PP2_CLIENT_SSL and not ssl.verified  # no certificate, as the spec says
 
 
 def test_a_certificate_without_a_common_name_sends_no_cn() -> None:

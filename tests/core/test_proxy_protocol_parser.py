@@ -12,8 +12,6 @@ from hypothesis import strategies as st
 
 from tests.conftest import PKIFiles
 from tests.proxy_headers import CLIENT_HELLO_START, TLVS, inet, inet6, tlv, v1, v2
-
-PARSED_TLVS = ((0x01, b"h2"), (0x05, b"unique-id"), (0x04, b""))  # TLVS, as the parser returns them
 from trio_tls_dtls.core.errors import ConfigError, TLSDError
 from trio_tls_dtls.core.proxy_protocol import (
     MAX_HEADER_LENGTH,
@@ -25,6 +23,8 @@ from trio_tls_dtls.core.proxy_protocol import (
     parse_proxy_header,
 )
 from trio_tls_dtls.core.settings import DEFAULT_PROXY_TRUSTED
+
+PARSED_TLVS = ((0x01, b"h2"), (0x05, b"unique-id"), (0x04, b""))  # TLVS, as the parser returns them
 
 # (header bytes, expected header) for every accepted form.
 VALID = [

@@ -32,7 +32,14 @@ from tests.cli.test_cli import (
 )
 from tests.conftest import PKIFiles
 from tests.helpers import port_of, running_dtls_server, running_tls_server
-from trio_tls_dtls import forward_tcp, forward_udp, open_dtls_channel, open_tls_stream
+from trio_tls_dtls import (
+    ClientSettings,
+    ServerSettings,
+    forward_tcp,
+    forward_udp,
+    open_dtls_channel,
+    open_tls_stream,
+)
 from trio_tls_dtls.core.proxy_protocol import ProxyHeader, parse_proxy_header
 from trio_tls_dtls.core.proxy_tlvs import SSLTLV
 
@@ -347,6 +354,29 @@ async def test_v2_in_front_of_every_datagram_to_a_udp_backend(pki: PKIFiles) -> 
         spec.source,
         spec.destination,
     )
+
+
+async def test_a_psk_device_is_named_to_the_udp_backend(pki: PKIFiles) -> None:
+    # The IoT gateway: devices with a pre-shared key and no certificate; the
+    # plain UDP backend learns which device each datagram is from.
+    key = bytes.fromhex("00112233445566778899aabbccddeeff")
+    server = ServerSettings(psk_keys={"sensor-7": key})
+    async with udp_backend() as (backend, seen):
+        handler = forward_udp("127.0.0.1", backend, proxy_protocol="v2")
+        async with running_dtls_server(server, handler) as dtls:
+            client = ClientSettings(psk_identity="sensor-7", psk_key=key, verify=False)
+            channel = await open_dtls_channel("127.0.0.1", port_of(dtls), settings=client)
+            me = channel.local_address
+            await channel.send(b"21.5C")
+            with trio.fail_after(5):
+                assert await channel.receive() == b"udp:21.5C"
+            await channel.aclose()
+    spec = spec_decode_v2(seen.headers[0])
+    assert spec.source == me
+    assert spec.tlvs[0xE4] == b"sensor-7"  # our application-specific PSK identity TLV
+    assert spec.ssl_client == 0x01 and spec.ssl_verify != 0  # no certificate
+    assert b"PSK" in spec.ssl_subs[0x23]
+    assert 0x22 not in spec.ssl_subs
 
 
 # -- trio-tlsd serve ---------------------------------------------------------------------
