@@ -53,9 +53,41 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         help="ask for client certificates (default: none)",
     )
     p.add_argument(
+        "--crl-file",
+        type=Path,
+        metavar="FILE",
+        help="CRLs (PEM or DER) from the --ca CAs; revoked client certificates are refused",
+    )
+    p.add_argument(
+        "--allow-client-subject",
+        action="append",
+        metavar="SUBJECT",
+        help="admit only client certificates with this subject, e.g. 'CN=dev-7,O=Org' "
+        "(repeatable; needs --verify-client required; see docs/howto/identity)",
+    )
+    p.add_argument(
+        "--allow-client-san",
+        action="append",
+        metavar="NAME",
+        help="admit client certificates with this DNS name (*.example.com) or URI "
+        "(spiffe://domain/path, or a prefix ending in /*) (repeatable)",
+    )
+    p.add_argument(
         "--min-version", choices=["1.2", "1.3"], help="lowest TLS version (default: 1.2)"
     )
-    p.add_argument("--alpn", action="append", metavar="PROTO", help="ALPN protocol (repeatable)")
+    p.add_argument(
+        "--alpn",
+        action="append",
+        metavar="PROTO",
+        help="ALPN protocol (repeatable); a client offering none of them is refused",
+    )
+    p.add_argument(
+        "--psk-file",
+        type=Path,
+        metavar="FILE",
+        help="pre-shared keys, IDENTITY:HEXKEY per line, mode 0600 "
+        "(re-read on SIGHUP; see docs/howto/psk)",
+    )
     p.add_argument(
         "--keylog-file", type=Path, help="append TLS secrets here (SSLKEYLOGFILE format)"
     )

@@ -10,9 +10,10 @@ writes the access line, with :func:`count_close` and :func:`log_close`.
 The access line is a documented contract (docs/reference/metrics.rst): the
 logger ``trio_tls_dtls.access``, the message ``closed peer=… transport=…
 protocol=… cipher=… client_cert=… resumed=… bytes_in=… bytes_out=…
-duration_ms=… reason=…`` (then ``handshake_error=…`` when there is one), and
+duration_ms=… reason=…``, then ``handshake_error=…`` when the handshake
+failed and ``psk_identity=…`` when a pre-shared key authenticated it, and
 the same fields as ``record.conn`` (a dict) for the JSON log format. Change
-neither the names nor their order.
+neither the names nor their order; new fields are only ever added at the end.
 
 Reasons (:data:`CloseReason`): ``peer_closed`` (the peer's close_notify),
 ``handler_done`` (our handler returned first), ``idle_timeout`` (no
@@ -113,6 +114,8 @@ def access_fields(record: CloseRecord) -> dict[str, Any]:
     }
     if record.handshake_error:
         fields["handshake_error"] = record.handshake_error
+    if info is not None and info.psk_identity is not None:
+        fields["psk_identity"] = info.psk_identity
     return fields
 
 

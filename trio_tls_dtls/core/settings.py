@@ -12,16 +12,21 @@ from __future__ import annotations
 import enum
 import math
 import os
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .client_identity import ClientIdentityRules
 from .errors import ConfigError
 from .networks import Network, address_in, parse_networks
+from .psk import DEFAULT_PSK_CIPHERS, check_identity, check_key
 
 __all__ = [
     "DEFAULT_DTLS_MTU",
     "DEFAULT_PROXY_TRUSTED",
+    "DEFAULT_PSK_CIPHERS",
     "DEFAULT_TLS12_CIPHERS",
     "MAX_DTLS_MTU",
     "MIN_DTLS_MTU",
@@ -163,6 +168,35 @@ def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
 
 
+def _psk_keys(keys: object) -> Mapping[str, bytes]:
+    if not isinstance(keys, Mapping):
+        raise ConfigError(f"psk_keys must map identities to keys, not {type(keys).__name__}")
+    checked = {
+        check_identity(identity, "psk_keys"): check_key(key, f"psk_keys[{identity!r}]")
+        for identity, key in keys.items()
+    }
+    # Read-only, and a copy: the caller's dict may change, these settings may not.
+    return types.MappingProxyType(checked)
+
+
+def _ciphers(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name} must be an OpenSSL cipher list, not {value!r}")
+    return value
+
+
+def _identity_rules(settings: ServerSettings) -> ClientIdentityRules:
+    rules = ClientIdentityRules.parse(settings.allow_client_subjects, settings.allow_client_sans)
+    if rules and settings.verify_client is not VerifyClient.REQUIRED:
+        raise ConfigError(
+            "allow_client_subjects/allow_client_sans need verify_client=required: "
+            "a client without a certificate would skip them"
+        )
+    if settings.crl_file is not None and settings.verify_client is VerifyClient.NONE:
+        raise ConfigError("crl_file needs verify_client optional or required (and ca_file)")
+    return rules
+
+
 @dataclass(frozen=True)
 class CertificateSettings:
     """A certificate chain file and its private key, for one or more server names.
@@ -217,10 +251,11 @@ class ServerSettings:
 
     ``certificate`` is the default certificate; ``sni_certificates`` are
     chosen instead when the client's server name matches one of their
-    ``server_names``.
+    ``server_names``. A server with pre-shared keys (``psk_file`` or
+    ``psk_keys``) may have no certificate: it then serves PSK clients only.
     """
 
-    certificate: CertificateSettings
+    certificate: CertificateSettings | None = None
     sni_certificates: tuple[CertificateSettings, ...] = ()
     ca_file: Path | None = None
     verify_client: VerifyClient = VerifyClient.NONE
@@ -229,7 +264,27 @@ class ServerSettings:
     ciphers: str = DEFAULT_TLS12_CIPHERS
     alpn: tuple[str, ...] = ()
     session_tickets: bool = True
+    """Resume sessions (tickets and the session cache). Always off with pre-shared
+    keys: a resumed session would not say which PSK identity it was made with."""
     keylog_file: Path | None = None
+    # Pre-shared keys, TLS 1.2/1.3 and DTLS 1.2 (see core/psk.py, docs/howto/psk.rst).
+    psk_file: Path | None = None
+    """``IDENTITY:HEXKEY`` lines; read (and re-read on reload) when the contexts are built."""
+    psk_keys: Mapping[str, bytes] = field(default_factory=dict, repr=False, hash=False)
+    """Identity → key, for applications that keep keys elsewhere (merged with ``psk_file``)."""
+    psk_identity_hint: str | None = None
+    psk_ciphers: str = DEFAULT_PSK_CIPHERS
+    """TLS 1.2/DTLS 1.2 PSK suites, offered (before ``ciphers``) only with pre-shared keys."""
+    # Client identity rules (see core/client_identity.py, docs/howto/identity.rst).
+    allow_client_subjects: tuple[str, ...] = ()
+    """Client certificate subjects admitted (RFC 4514, as the access log prints them)."""
+    allow_client_sans: tuple[str, ...] = ()
+    """DNS names (``*.example.com``) and URIs (``spiffe://domain/path/*``) admitted."""
+    crl_file: Path | None = None
+    """CRLs (PEM or DER) from the CAs in ``ca_file``; client certificates are checked."""
+    _identity_rules: ClientIdentityRules = field(
+        default=ClientIdentityRules((), ()), init=False, repr=False, compare=False, hash=False
+    )
     handshake_timeout: float = 10.0
     idle_timeout: float | None = 300.0
     """Close a connection or DTLS peer after this long without application data either way."""
@@ -265,8 +320,17 @@ class ServerSettings:
     cookie_rotation: float = 60.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.certificate, CertificateSettings):
+        _set(self, "psk_file", _optional_path(self.psk_file, "psk_file"))
+        _set(self, "psk_keys", _psk_keys(self.psk_keys))
+        if self.psk_identity_hint is not None:
+            check_identity(self.psk_identity_hint, "psk_identity_hint")
+        _ciphers(self.psk_ciphers, "psk_ciphers")
+        if self.certificate is None and not self.psk_enabled:
+            raise ConfigError("certificate is required (unless the server has psk_file/psk_keys)")
+        if self.certificate is not None and not isinstance(self.certificate, CertificateSettings):
             raise ConfigError("certificate must be a CertificateSettings")
+        if self.certificate is None and self.sni_certificates:
+            raise ConfigError("sni_certificates need a default certificate too")
         for sni in self.sni_certificates:
             if not sni.server_names:
                 raise ConfigError(f"SNI certificate {sni.cert_file} lists no server_names")
@@ -315,6 +379,15 @@ class ServerSettings:
         networks = _proxy_networks(self.proxy_trusted, self.proxy_protocol)
         _set(self, "proxy_trusted", tuple(str(net) for net in networks))
         _set(self, "_proxy_networks", networks)
+        _set(self, "crl_file", _optional_path(self.crl_file, "crl_file"))
+        _set(self, "allow_client_subjects", tuple(self.allow_client_subjects))
+        _set(self, "allow_client_sans", tuple(self.allow_client_sans))
+        _set(self, "_identity_rules", _identity_rules(self))
+
+    @property
+    def psk_enabled(self) -> bool:
+        """Whether this server has pre-shared keys (a file or a table)."""
+        return self.psk_file is not None or bool(self.psk_keys)
 
     def proxy_trusts(self, host: str) -> bool:
         """Whether a connection from *host* may send a PROXY header (per ``proxy_trusted``)."""
@@ -344,6 +417,10 @@ class ClientSettings:
     it (the verdict is ``PeerInfo.ocsp``);
     ``require_ocsp`` also fails the handshake unless the staple is present,
     valid and GOOD.
+    ``psk_identity`` and ``psk_key`` (both or neither) offer a pre-shared key:
+    the ``psk_ciphers`` are then offered first, and a TLS 1.3 ClientHello
+    carries the key too (a server that does not know it answers with its
+    certificate, which is verified as usual).
     """
 
     ca_file: Path | None = None
@@ -358,6 +435,9 @@ class ClientSettings:
     handshake_timeout: float = 10.0
     request_ocsp: bool = False
     require_ocsp: bool = False
+    psk_identity: str | None = None
+    psk_key: bytes | None = field(default=None, repr=False)
+    psk_ciphers: str = DEFAULT_PSK_CIPHERS
     offload: OffloadSettings = field(default_factory=OffloadSettings)
     mtu: int = DEFAULT_DTLS_MTU
     """DTLS only: the largest datagram we send, in bytes of ciphertext."""
@@ -378,4 +458,10 @@ class ClientSettings:
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
         if self.require_ocsp:
             _set(self, "request_ocsp", True)
+        if (self.psk_identity is None) != (self.psk_key is None):
+            raise ConfigError("psk_identity and psk_key go together: give both or neither")
+        if self.psk_identity is not None:
+            check_identity(self.psk_identity, "psk_identity")
+            _set(self, "psk_key", check_key(self.psk_key, "psk_key"))
+        _ciphers(self.psk_ciphers, "psk_ciphers")
         _mtu(self.mtu)
