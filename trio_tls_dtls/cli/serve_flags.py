@@ -94,7 +94,16 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--no-session-tickets", action="store_true", help="disable session resumption")
     p.add_argument("--handshake-timeout", type=values.seconds, metavar="S", help="default: 10")
     p.add_argument(
-        "--idle-timeout", type=values.optional_seconds, metavar="S", help="default: 300; 0 = none"
+        "--idle-timeout",
+        type=values.optional_seconds,
+        metavar="S",
+        help="close after S without application data either way (default: 300; 0 = none)",
+    )
+    p.add_argument(
+        "--max-connection-lifetime",
+        type=values.optional_seconds,
+        metavar="S",
+        help="close any connection / DTLS peer S after it began (default: none)",
     )
     p.add_argument("--max-connections", type=values.positive_int, metavar="N", help="default: 1024")
     p.add_argument(

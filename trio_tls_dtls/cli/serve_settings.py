@@ -117,6 +117,7 @@ def settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serve
         session_tickets=options["session_tickets"],
         handshake_timeout=options["handshake_timeout"],
         idle_timeout=options["idle_timeout"],
+        max_connection_lifetime=options["max_connection_lifetime"],
         max_connections=options["max_connections"],
         per_source_rate=options["per_source_rate"],
         per_source_burst=options["per_source_burst"],

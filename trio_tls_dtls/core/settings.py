@@ -295,6 +295,9 @@ class ServerSettings:
     )
     handshake_timeout: float = 10.0
     idle_timeout: float | None = 300.0
+    """Close a connection or DTLS peer after this long without application data either way."""
+    max_connection_lifetime: float | None = None
+    """Close a connection or DTLS peer this long after it began, busy or not (None: never)."""
     max_connections: int = 1024
     drain_timeout: float = 10.0
     """On shutdown, how long handlers get to finish after close_notify."""
@@ -360,6 +363,8 @@ class ServerSettings:
         _set(self, "keylog_file", _optional_path(self.keylog_file, "keylog_file"))
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
         _set(self, "idle_timeout", _optional_positive(self.idle_timeout, "idle_timeout"))
+        lifetime = _optional_positive(self.max_connection_lifetime, "max_connection_lifetime")
+        _set(self, "max_connection_lifetime", lifetime)
         _count(self.max_connections, "max_connections")
         _set(self, "drain_timeout", _positive(self.drain_timeout, "drain_timeout"))
         _set(self, "drain_delay", _non_negative(self.drain_delay, "drain_delay"))
