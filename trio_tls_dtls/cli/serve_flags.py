@@ -137,6 +137,13 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         help="on SIGINT/SIGTERM, how long open connections get to finish (default: 10)",
     )
     p.add_argument(
+        "--drain-delay",
+        type=values.non_negative_seconds,
+        metavar="S",
+        help="on SIGINT/SIGTERM, keep accepting this long with /readyz failing, "
+        "then drain (default: 0)",
+    )
+    p.add_argument(
         "--forward-tcp",
         type=values.target_text,
         metavar="HOST:PORT",
@@ -147,6 +154,12 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         type=values.target_text,
         metavar="HOST:PORT",
         help="forward each DTLS peer's datagrams to this UDP backend (default: echo)",
+    )
+    p.add_argument(
+        "--forward-proxy-protocol",
+        choices=["off", "v1", "v2"],
+        help="tell the backend who the client is: a PROXY header before the TCP stream "
+        "(v1 or v2), on each UDP datagram (v2 only); v2 carries the TLS facts (default: off)",
     )
     p.add_argument(
         "--log-format",
@@ -160,6 +173,14 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         help="serve Prometheus metrics at http://HOST:P/metrics (default: off)",
     )
     p.add_argument("--metrics-host", help="address for --metrics-port (default: 127.0.0.1)")
+    p.add_argument(
+        "--health-port",
+        type=values.health_port,
+        metavar="P",
+        help="serve /healthz and /readyz at http://HOST:P (default: off; "
+        "always on the --metrics-port too)",
+    )
+    p.add_argument("--health-host", help="address for --health-port (default: 127.0.0.1)")
     p.add_argument(
         "--user",
         metavar="NAME",

@@ -92,6 +92,14 @@ def _positive(value: float, name: str) -> float:
     return float(value)
 
 
+def _non_negative(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be 0 or a positive number of seconds, not {value!r}")
+    return float(value)
+
+
 def _optional_positive(value: float | None, name: str) -> float | None:
     return None if value is None else _positive(value, name)
 
@@ -293,6 +301,9 @@ class ServerSettings:
     max_connections: int = 1024
     drain_timeout: float = 10.0
     """On shutdown, how long handlers get to finish after close_notify."""
+    drain_delay: float = 0.0
+    """On a stop request, how long to go on accepting (while /readyz says not
+    ready, so that load balancers stop sending) before the drain starts."""
     per_source_rate: float = 50.0
     """New handshakes per second one source may start (TLS connections, DTLS
     peers after their cookie); 0 = no limit. A source is an IPv4 address or
@@ -356,6 +367,7 @@ class ServerSettings:
         _set(self, "max_connection_lifetime", lifetime)
         _count(self.max_connections, "max_connections")
         _set(self, "drain_timeout", _positive(self.drain_timeout, "drain_timeout"))
+        _set(self, "drain_delay", _non_negative(self.drain_delay, "drain_delay"))
         _set(self, "per_source_rate", _rate(self.per_source_rate, "per_source_rate"))
         _count(self.per_source_burst, "per_source_burst")
         _count(self.per_source_connections, "per_source_connections", minimum=0)

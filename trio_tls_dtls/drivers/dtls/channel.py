@@ -102,6 +102,15 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         return self._handshake_done
 
     @property
+    def local_address(self) -> Address | None:
+        """Our end of the association: the UDP socket's (host, port), or None if closed.
+
+        On a server bound to a wildcard address this is the wildcard
+        (``0.0.0.0`` or ``::``) with the port.
+        """
+        return self._link.local_address
+
+    @property
     def peer_closed(self) -> bool:
         """True once the peer's close_notify has been read."""
         return self._engine.peer_closed
