@@ -74,6 +74,8 @@ class FakeConversation:
 
     async def send_close_notify(self) -> None:
         await trio.lowlevel.checkpoint()
+        if self.closed:
+            raise trio.ClosedResourceError("closed")
         if self.goodbye_broken:
             raise trio.BrokenResourceError("transport gone")
         if self.busy_goodbyes:
@@ -108,6 +110,9 @@ class Harness:
     """Where records go instead of :attr:`records`."""
     default_sink: bool = False
     """Give the lifecycle no sink: it counts into stats and logs the access line."""
+    settings: ServerSettings = SETTINGS
+    goodbye_grace: float | None = None
+    """The transport's grace after a drain's close_notify (DTLS has one)."""
     stats: TLSServerStats = field(default_factory=TLSServerStats)
     records: list[CloseRecord] = field(default_factory=list)
     ended: list[tuple[Opened[FakeConversation] | None, FakeConversation]] = field(
@@ -120,8 +125,14 @@ class Harness:
 
     def __post_init__(self) -> None:
         self.lifecycle = Lifecycle(
-            Transport("TLS", "connection", logging.getLogger("tests.lifecycle"), 2.0),
-            SETTINGS,
+            Transport(
+                "TLS",
+                "connection",
+                logging.getLogger("tests.lifecycle"),
+                2.0,
+                goodbye_grace=self.goodbye_grace,
+            ),
+            self.settings,
             self.handler,
             self.stats,
             None if self.default_sink else self.sink or self.records.append,

@@ -17,16 +17,17 @@ from .targets import parse_target
 
 __all__ = [
     "count_or_off",
+    "health_port",
     "int_at_least",
     "metrics_port",
     "mtu",
     "network_list",
+    "non_negative_seconds",
     "optional_seconds",
     "port",
     "positive_int",
     "rate",
     "seconds",
-    "seconds_or_off",
     "target_text",
     "workers",
 ]
@@ -49,6 +50,13 @@ def metrics_port(text: str) -> int:
     return value
 
 
+def health_port(text: str) -> int:
+    value = port(text)
+    if value == 0:  # a probe must know where to ask; worker k serves on P + k
+        raise argparse.ArgumentTypeError("health port must be 1-65535, not 0")
+    return value
+
+
 def seconds(text: str) -> float:
     try:
         value = float(text)
@@ -59,16 +67,13 @@ def seconds(text: str) -> float:
     return value
 
 
-def seconds_or_off(text: str) -> float:
-    """A number of seconds, 0 meaning off."""
+def non_negative_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of seconds (0 = off), not {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
     if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected 0 (off) or a positive number, not {text}")
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive number of seconds, not {text}")
     return value
 
 

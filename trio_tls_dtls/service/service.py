@@ -94,6 +94,11 @@ class Service:
         self.reloads_failed = 0
         self.ticket_key_rotations = 0
         self._reuse_port = False
+        self.serving = False
+        """True while :meth:`run` serves (listeners started), False before and after."""
+        self.stopping: str | None = None
+        """Why the service is stopping, from the first stop request on (see
+        :meth:`begin_stopping`); None until then. /readyz reports it."""
 
     @property
     def port(self) -> int:
@@ -177,10 +182,24 @@ class Service:
                 await nursery.start(self.tls.serve, self._listeners)
             if self.dtls is not None:
                 await nursery.start(self.dtls.serve, self._sockets)
-            task_status.started(self)
-            nursery.start_soon(sd_notify.announce, self)  # systemd: READY=1, then STATUS=
-            await trio.sleep_forever()
+            self.serving = True
+            try:
+                task_status.started(self)
+                nursery.start_soon(sd_notify.announce, self)  # systemd: READY=1, then STATUS=
+                await trio.sleep_forever()
+            finally:
+                self.serving = False
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def begin_stopping(self, why: str) -> None:
+        """Say the service is on its way out: it still serves, but is no longer ready.
+
+        Called at the first stop request, before any drain delay, so that
+        ``/readyz`` fails at once (:mod:`trio_tls_dtls.service.health`). The
+        first reason given is kept.
+        """
+        if self.stopping is None:
+            self.stopping = why
 
     def _contexts(self) -> list[ServerContexts]:
         return [server.contexts for server in (self.tls, self.dtls) if server is not None]
@@ -235,6 +254,7 @@ class Service:
         :meth:`open_count` then says how many were still open, and
         cancelling :meth:`run` cuts them.
         """
+        self.begin_stopping("draining")
         sd_notify.stopping(self.open_count())  # systemd: STOPPING=1
         async with trio.open_nursery() as nursery:
             if self.tls is not None:

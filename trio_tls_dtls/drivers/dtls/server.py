@@ -59,8 +59,12 @@ DTLSHandler = Callable[[DTLSChannel, PeerInfo], Awaitable[object]]
 
 # How long a peer may take to say goodbye (one close_notify datagram).
 CLOSE_TIMEOUT = 1.0
+# In a drain, how long a peer that has our close_notify gets to answer (or
+# finish) before it is cut: it owes us nothing, and one that is gone never
+# answers (see drivers/lifecycle.py).
+GOODBYE_GRACE = 1.0
 
-_TRANSPORT = Transport("DTLS", "peer", logger, CLOSE_TIMEOUT)
+_TRANSPORT = Transport("DTLS", "peer", logger, CLOSE_TIMEOUT, goodbye_grace=GOODBYE_GRACE)
 
 # Linux reports ICMP errors for earlier sends on unconnected UDP sockets as
 # receive errors; they say nothing about this endpoint.
@@ -110,8 +114,22 @@ class _Peer:
         self.channel: DTLSChannel | None = None
 
     def stop(self) -> None:
+        """Cut it short and close its link: it sends nothing more, not even close_notify.
+
+        For a peer replaced by a new handshake from its address (that
+        address belongs to the new association now), and for the end of a
+        drain's grace (our close_notify has gone out).
+        """
         self.scope.cancel()
         self.link.close()
+
+    def evict(self) -> None:
+        """Cut it short; its close_notify still goes out as it closes.
+
+        It has left the table, so no datagram reaches its queue any more; its
+        own close closes the link after saying goodbye.
+        """
+        self.scope.cancel()
 
 
 class DTLSServer:
@@ -195,10 +213,13 @@ class DTLSServer:
     async def drain(self) -> None:
         """Admit no new peers, send close_notify to every peer, wait for handlers.
 
-        Returns once every peer task has ended (a peer ends when it answers
-        with its own close_notify, or its handler returns). Bound it with
-        ``trio.move_on_after``; ``stats.peers_active`` tells how many were
-        left, and cancelling :meth:`serve` cuts them.
+        Returns once every peer task has ended: a peer ends when it answers
+        with its own close_notify or its handler returns, and a peer that
+        has neither done within ``GOODBYE_GRACE`` (a second; our close_notify
+        is sent again halfway) is cut, so a peer that has gone without a
+        word never holds the drain. Bound it with ``trio.move_on_after``
+        all the same; ``stats.peers_active`` tells how many were left, and
+        cancelling :meth:`serve` cuts them.
         """
         self.admitting = False
         await self.lifecycle.drain(
@@ -320,12 +341,13 @@ class DTLSServer:
                 logger.info(
                     "new handshake from %s replaces its old association", format_address(key[1])
                 )
+                old.stop()
             else:
                 self.stats.peers_evicted += 1
                 logger.info(
                     "peer table full: evicting idle peer %s", format_address(old.link.address)
                 )
-            old.stop()
+                old.evict()
         self.stats.peers_total += 1
         self.stats.peers_active += 1
         nursery.start_soon(self._peer_task, key, peer, engine)
