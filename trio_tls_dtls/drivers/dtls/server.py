@@ -184,6 +184,15 @@ class DTLSServer:
         """Each peer's life, from its handshake to its close record."""
 
     @property
+    def context(self) -> SSL.Context:
+        """The context new connections start from (the current ticket-key front).
+
+        Read-only, kept for code written before :attr:`contexts`: a reload or a
+        ticket-key rotation replaces what it returns.
+        """
+        return self.contexts.current
+
+    @property
     def addresses(self) -> list[Address]:
         return [normalize_address(sock.getsockname()) for sock in self.sockets]
 

@@ -134,6 +134,15 @@ class TLSServer:
         """Each connection's life, from admission to its close record."""
 
     @property
+    def context(self) -> SSL.Context:
+        """The context new connections start from (the current ticket-key front).
+
+        Read-only, kept for code written before :attr:`contexts`: a reload or a
+        ticket-key rotation replaces what it returns.
+        """
+        return self.contexts.current
+
+    @property
     def addresses(self) -> list[Address]:
         """The (host, port) pairs actually bound (useful with port 0)."""
         return [normalize_address(lst.socket.getsockname()) for lst in self.listeners]
