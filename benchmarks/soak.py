@@ -229,7 +229,10 @@ async def tls_client(port: int, s: Settings, rng: random.Random, tally: Tally) -
     tally.started[kind] += 1
     try:
         with trio.fail_after(30):
-            stream = await open_tls_stream(HOST, port, settings=settings, session=session)
+            # The mix chooses full or resumed handshakes itself: no session cache.
+            stream = await open_tls_stream(
+                HOST, port, settings=settings, session=session, resume=False
+            )
             try:
                 for n in range(MESSAGES):
                     message = b"soak %d " % n * 8
@@ -259,7 +262,11 @@ async def dtls_client(port: int, s: Settings, rng: random.Random, tally: Tally) 
     try:
         with trio.fail_after(30):
             channel = await open_dtls_channel(
-                HOST, port, settings=s.plain, session=s.dtls_session if resumed else None
+                HOST,
+                port,
+                settings=s.plain,
+                session=s.dtls_session if resumed else None,
+                resume=False,
             )
             try:
                 for n in range(MESSAGES):
@@ -598,11 +605,15 @@ async def hold(args: argparse.Namespace) -> None:
         async with limit:
             if args.kind == "tls":
                 opened.append(
-                    await open_tls_stream(HOST, args.port, settings=s.plain, session=session)
+                    await open_tls_stream(
+                        HOST, args.port, settings=s.plain, session=session, resume=False
+                    )
                 )
             else:
                 opened.append(
-                    await open_dtls_channel(HOST, args.port, settings=s.plain, session=session)
+                    await open_dtls_channel(
+                        HOST, args.port, settings=s.plain, session=session, resume=False
+                    )
                 )
 
     async with trio.open_nursery() as nursery:

@@ -237,9 +237,9 @@ _ACCEPT_LINE = re.compile(rb"^ACCEPT 127\.0\.0\.1:(\d+)$", re.MULTILINE)
 
 @asynccontextmanager
 async def s_server(
-    pki: PKIFiles, *extra: str, reverse: bool = True
+    pki: PKIFiles, *extra: str, reverse: bool = True, naccept: int = 1
 ) -> AsyncIterator[tuple[OpenSSLProcess, int]]:
-    """``s_server -rev`` for one connection, and the port it listens on.
+    """``s_server -rev`` for one connection (*naccept* of them), and the port it listens on.
 
     ``reverse=False`` leaves out ``-rev`` (DTLS cannot use it): then
     s_server prints what it receives and sends what is written to its stdin.
@@ -254,7 +254,7 @@ async def s_server(
         "-accept",
         "127.0.0.1:0",
         "-naccept",
-        "1",
+        str(naccept),
         *(["-rev"] if reverse else []),
         "-cert",
         str(pki.server_cert),

@@ -56,23 +56,18 @@ def main(argv: list[str]) -> int:
 
 def _exit_on_reload() -> None:
     """The supervisor's second prepare (its reload) ends the supervisor process."""
-    make = workers.shared_state_factory
 
-    def factory(*args: object, **kwargs: object) -> object:
-        prepare = make(*args, **kwargs)  # type: ignore[arg-type]
+    class ExitOnReload(workers.SharedStateSource):
         calls = 0
 
-        def prepare_once() -> object:
-            nonlocal calls
-            calls += 1
-            if calls > 1:
+        def __call__(self) -> workers.SharedState:
+            self.calls += 1
+            if self.calls > 1:
                 print("workers_app: supervisor exiting", file=sys.stderr, flush=True)
                 sys.exit(0)
-            return prepare()
+            return super().__call__()
 
-        return prepare_once
-
-    workers.shared_state_factory = factory  # type: ignore[assignment]
+    workers.SharedStateSource = ExitOnReload  # type: ignore[misc]
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -186,17 +187,22 @@ def check_shape(data: dict[str, Any], proto: str, mode: str, *, clients: int, co
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         if mode == "handshake":
             assert r["mb_per_s"] == 0
+            # Without --resume every handshake is a full one (no session cache).
+            assert r["resumed"] == 0
         else:
             assert r["mb_per_s"] > 0
 
 
+@pytest.mark.parametrize("proto", ["tls", "dtls"])
 def test_resumed_handshakes(
-    pki: PKIFiles, ours: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pki: PKIFiles, ours: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], proto: str
 ) -> None:
     out_json = tmp_path / "r.json"
     code, out, err = run_bench(
         capsys,
         f"127.0.0.1:{ours}",
+        "--proto",
+        proto,
         "--mode",
         "handshake",
         "--resume",
@@ -301,6 +307,129 @@ def test_several_processes_with_a_count(
     assert code == 0, err
     (result,) = json.loads(out_json.read_text())["results"]
     assert result["ops"] == 12  # 2 clients in one process, 1 in the other
+
+
+# -- DTLS sizes and failed runs (issue 14 item 7) ---------------------------------------------
+
+
+def bench_json(capsys: pytest.CaptureFixture[str], tmp_path: Path, *args: str) -> tuple[int, Any]:
+    out_json = tmp_path / "out.json"
+    code, _, err = run_bench(capsys, *args, "--json", str(out_json))
+    assert code == 0, err
+    return code, json.loads(out_json.read_text())
+
+
+def test_dtls_default_sizes_fit_a_datagram(
+    pki: PKIFiles, ours: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No --sizes: the defaults must be sizes a DTLS record can carry at the MTU.
+    _, data = bench_json(
+        capsys,
+        tmp_path,
+        f"127.0.0.1:{ours}",
+        "--proto",
+        "dtls",
+        "--clients",
+        "2",
+        "--count",
+        "3",
+        "--ca",
+        str(pki.ca),
+        "--servername",
+        "localhost",
+    )
+    sizes = [r["size"] for r in data["results"]]
+    assert sizes and max(sizes) < 1200, sizes
+    for r in data["results"]:
+        assert r["ops"] == 6, r
+        assert r["errors"] == 0, r["error_kinds"]
+
+
+def dtls_limit_refusal(capsys: pytest.CaptureFixture[str], ca: Path, port: int, size: int) -> str:
+    code, out, err = run_bench(
+        capsys,
+        f"127.0.0.1:{port}",
+        "--proto",
+        "dtls",
+        "--sizes",
+        f"64,{size}",
+        "--ca",
+        str(ca),
+        "--servername",
+        "localhost",
+    )
+    assert code == 2, (out, err)
+    assert out == ""  # refused before any load
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_dtls_size_over_the_record_limit_is_refused_naming_it(
+    pki: PKIFiles, ours: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = dtls_limit_refusal(capsys, pki.ca, ours, 1200)
+    assert "--sizes 1200" in line
+    assert "MTU 1200" in line
+    match = re.search(r"at most (\d+) bytes", line)
+    assert match, line
+    limit = int(match.group(1))
+    # The named limit is the real one: it echoes without a single error ...
+    _, data = bench_json(
+        capsys,
+        tmp_path,
+        f"127.0.0.1:{ours}",
+        "--proto",
+        "dtls",
+        "--clients",
+        "2",
+        "--count",
+        "3",
+        "--sizes",
+        str(limit),
+        "--ca",
+        str(pki.ca),
+        "--servername",
+        "localhost",
+    )
+    (result,) = data["results"]
+    assert (result["ops"], result["errors"]) == (6, 0), result["error_kinds"]
+    # ... and one byte more is refused.
+    assert f"at most {limit} bytes" in dtls_limit_refusal(capsys, pki.ca, ours, limit + 1)
+
+
+async def _small_datagram_echo(limit: int, task_status: trio.TaskStatus[int]) -> None:
+    """A UDP echo that ignores datagrams over *limit* bytes (as a smaller MTU would)."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+    task_status.started(sock.getsockname()[1])
+    while True:
+        data, address = await sock.recvfrom(65536)
+        if len(data) <= limit:
+            await sock.sendto(data, address)
+
+
+def test_a_run_with_failed_operations_exits_nonzero(capsys: pytest.CaptureFixture[str]) -> None:
+    with server_thread(_small_datagram_echo, 100) as port:
+        code, out, err = run_bench(
+            capsys,
+            f"127.0.0.1:{port}",
+            "--proto",
+            "udp",
+            "--clients",
+            "2",
+            "--count",
+            "2",
+            "--sizes",
+            "64,1000",
+            "--timeout",
+            "0.2",
+        )
+    assert code == 1, (out, err)
+    assert "4 x timeout" in out  # the 1000-byte row: every echo lost
+    assert err.strip().splitlines() == [
+        "trio-tlsd bench: 4 of 8 operations failed (see the errors in the table)"
+    ]
 
 
 # -- errors are one line -------------------------------------------------------------------

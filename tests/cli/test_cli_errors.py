@@ -67,11 +67,12 @@ def serve(pki: PKIFiles, *flags: str) -> list[str]:
 # -- ports ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("flag", ["--metrics-port", "--health-port"])
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["single", "workers"])
-def test_metrics_port_in_use(pki: PKIFiles, workers: list[str]) -> None:
+def test_operator_port_in_use(pki: PKIFiles, workers: list[str], flag: str) -> None:
     with held_port(udp=False) as busy:
         port = "0" if not workers else str(free_port())
-        result = run_cli(*serve(pki, "--port", port, "--metrics-port", str(busy), *workers))
+        result = run_cli(*serve(pki, "--port", port, flag, str(busy), *workers))
     assert_one_line_error(result, f"TCP 127.0.0.1:{busy}", "already in use")
 
 

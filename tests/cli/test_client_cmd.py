@@ -111,6 +111,27 @@ async def test_dtls_client_echoes_each_line_as_a_datagram(pki: PKIFiles) -> None
     assert "chain[0]: subject=CN=localhost" in err
 
 
+@pytest.mark.parametrize("proto", ["tls", "dtls"])
+async def test_reconnect_resumes_the_session(pki: PKIFiles, proto: str) -> None:
+    running = running_tls_server if proto == "tls" else running_dtls_server
+    async with running(pki.server_settings()) as server:
+        result = await client(
+            proto, f"127.0.0.1:{port_of(server)}", "--ca", str(pki.ca), "--reconnect", "2"
+        )
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert result.stdout == LINES  # reconnecting adds nothing to stdout
+    assert "resumed:  no" in err  # the first session: a full handshake
+    protocol = "TLSv1.3" if proto == "tls" else "DTLSv1.2"
+    for attempt in (1, 2):
+        assert f"reconnect {attempt}: resumed: yes ({protocol}, " in err, err
+
+
+async def test_negative_reconnect_is_one_line() -> None:
+    result = await client("tls", "127.0.0.1:9", "--reconnect", "-1")
+    assert_one_line_error(result, "--reconnect")
+
+
 async def test_client_over_ipv6_with_servername(pki: PKIFiles) -> None:
     async with running_tls_server(pki.server_settings(), host="::1") as server:
         port = port_of(server)

@@ -241,7 +241,7 @@ async def test_a_stop_from_a_watcher_task_drains_and_a_signal_then_cuts(
         stopped.set()
     assert stop.forced and stop.exit_status == 1
     assert stop.still_open == 1
-    assert "supervisor gone: draining 1 open" in caplog.text
+    assert "supervisor gone received: draining 1 open" in caplog.text
     assert "SIGTERM received again: stopping now" in caplog.text
 
 

@@ -270,7 +270,7 @@ async def test_cookie_from_one_host_verifies_on_another(pki: PKIFiles, tmp_path:
 
 
 def test_worker_count_values() -> None:
-    assert worker_count("auto") == (os.cpu_count() or 1)
+    assert worker_count("auto") >= 1  # the usable CPUs: tests/service/test_cpu_quota.py
     assert worker_count(3) == 3
     for bad in (0, -1, "many", True):
         with pytest.raises(ConfigError, match="workers"):
@@ -302,9 +302,12 @@ async def test_sighup_rolls_new_workers_with_the_new_certificate(
         running.process.send_signal(signal.SIGHUP)
         await running.read_until(SERVING, 4)  # a new generation of two
         await running.read_until(re.compile(rb": drained:"), 2)  # the old one drained
-        with trio.fail_after(5):  # each exits just after its summary line, then is reaped
+        # A worker logs "drained" just before it exits, and stays a child until
+        # the supervisor reaps it: wait (bounded) for both old ones to be gone.
+        with trio.move_on_after(10):
             while not running.children().isdisjoint(old):
-                await trio.sleep(0.01)
+                await trio.sleep(0.05)
+        assert running.children().isdisjoint(old)
         settings = pki.client_settings()
         for _ in range(4):
             stream = await open_tls_stream("127.0.0.1", running.port, settings=settings)

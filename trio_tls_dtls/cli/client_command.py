@@ -10,6 +10,10 @@ arrives, so a server that does not echo (or answers late) never blocks the
 input. At the end of input we wait until as much has come back as was sent
 (one datagram per line for DTLS), or until nothing has arrived for
 ``--linger`` seconds, then close.
+
+``--reconnect N`` then connects N more times with the same settings object,
+so through its session cache (see ``open_tls_stream``), and reports for each
+whether the session resumed: a quick check that a server resumes sessions.
 """
 
 from __future__ import annotations
@@ -62,6 +66,14 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         "--timeout", type=float, default=10.0, metavar="S", help="handshake deadline (default: 10)"
     )
     p.add_argument(
+        "--reconnect",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the session, connect N more times resuming its session, and report "
+        "whether each resumed (default: 0)",
+    )
+    p.add_argument(
         "--linger",
         type=float,
         default=2.0,
@@ -81,6 +93,8 @@ def describe_peer(info: PeerInfo, out: TextIO) -> None:
     print(f"resumed:  {'yes' if info.resumed else 'no'}", file=out)
     if info.ocsp is not None:
         print(f"ocsp:     {info.ocsp.describe()}", file=out)
+    if info.psk_identity is not None:
+        print(f"psk identity: {info.psk_identity}", file=out)
     chain = info.chain or ((info.certificate,) if info.certificate is not None else ())
     if not chain:
         print("server certificate: none", file=out)
@@ -93,6 +107,8 @@ def describe_peer(info: PeerInfo, out: TextIO) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.linger < 0:
         raise TargetError("--timeout must be positive and --linger not negative")
+    if args.reconnect < 0:
+        raise TargetError(f"--reconnect must be 0 or more, not {args.reconnect}")
     settings = client_settings(args, handshake_timeout=args.timeout, require_ocsp=args.ocsp)
     if args.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
@@ -145,6 +161,17 @@ async def _session(args: argparse.Namespace, settings: object) -> int:
     finally:
         with trio.move_on_after(1.0):
             await conn.aclose()
+    for attempt in range(1, args.reconnect + 1):
+        again = await _connect(args, settings)
+        info = again.info
+        resumed = "yes" if info.resumed else "no"
+        print(
+            f"reconnect {attempt}: resumed: {resumed} ({info.protocol}, {info.cipher})",
+            file=sys.stderr,
+            flush=True,
+        )
+        with trio.move_on_after(1.0):
+            await again.aclose()
     return 0
 
 

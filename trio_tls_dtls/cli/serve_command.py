@@ -7,10 +7,10 @@ and cookie secret, so a bad file fails before any port is bound. What a
 serving process does from then on (bind, drop root, serve, drain on a
 signal, the summary line and exit status) is the service layer's
 :func:`~trio_tls_dtls.service.serving_process.serve_process`, shared with
-every worker; this module adds the CLI's banner, metrics endpoint and
-``openssl s_client`` hints through its ``on_serving`` hook. Every port,
-the metrics port included, is bound before anything is served, so a port in
-use is one line (exit status 2) like any other bad input.
+every worker, which also binds and serves the metrics and health endpoints
+before anything is served (so a port in use is one line, exit status 2,
+like any other bad input); this module adds the CLI's banner and
+``openssl s_client`` hints through its ``on_serving`` hook.
 """
 
 from __future__ import annotations
@@ -29,10 +29,16 @@ from ..core.settings import ServerSettings, VerifyClient
 from ..service.log_format import make_formatter, status_line
 from ..service.privileges import drop_privileges
 from ..service.service import Service
-from ..service.serving_process import ProcessHooks, Serving, serve_process
+from ..service.serving_process import OperatorPorts, ProcessHooks, Serving, serve_process
 from ..service.workers import serve_workers, worker_count
 from .dev_pki import DEFAULT_CERT_DIR
-from .serve_settings import handlers_from, identity_from, serve_options, settings_from
+from .serve_settings import (
+    check_combinations,
+    handlers_from,
+    identity_from,
+    serve_options,
+    settings_from,
+)
 
 __all__ = ["connect_hint", "run"]
 
@@ -64,10 +70,18 @@ def run(args: argparse.Namespace) -> int:
         options["port"],
         options["host"],
         hooks=hooks,
-        metrics_port=options["metrics_port"],
-        metrics_host=options["metrics_host"],
+        operator=_operator_ports(options),
     )
     return trio.run(run_process)
+
+
+def _operator_ports(options: dict[str, Any]) -> OperatorPorts:
+    return OperatorPorts(
+        metrics_port=options["metrics_port"],
+        metrics_host=options["metrics_host"],
+        health_port=options["health_port"],
+        health_host=options["health_host"],
+    )
 
 
 def _run_workers(
@@ -75,9 +89,12 @@ def _run_workers(
 ) -> int:
     if options["port"] == 0:
         raise ConfigError("--workers needs a fixed --port (with port 0 each would get its own)")
-    metrics_port = options["metrics_port"]
-    if metrics_port is not None and metrics_port + count - 1 > 65535:
-        raise ConfigError(f"--metrics-port {metrics_port}: no room for ports P..P+{count - 1}")
+    for flag in ("metrics_port", "health_port"):
+        first = options[flag]
+        if first is not None and first + count - 1 > 65535:
+            name = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{name} {first}: no room for ports P..P+{count - 1}")
+    check_combinations(options, workers=count)
     # Contexts and the cookie secret are built in the supervisor, before any
     # fork: every worker gets the same ticket keys and cookie secret.
     return serve_workers(
@@ -88,17 +105,21 @@ def _run_workers(
         tls="tls" in options["protocols"],
         dtls="dtls" in options["protocols"],
         hooks=hooks,
-        metrics_port=metrics_port,
-        metrics_host=options["metrics_host"],
+        operator=_operator_ports(options),
         **handlers_from(options),
     )
 
 
 async def _announce(options: dict[str, Any], dev: bool, serving: Serving) -> None:
-    """The on_serving hook: metrics, then the banner and what a user needs to connect."""
+    """The on_serving hook: metrics and health, then the banner and how to connect."""
     service = serving.service
-    if serving.metrics_address is not None:  # one port per process: worker k's is P + k
-        logger.info("metrics at http://%s/metrics", format_address(serving.metrics_address))
+    # One metrics (and health) port per process: worker k's is P + k.
+    if serving.metrics_address is not None:
+        where = format_address(serving.metrics_address)
+        logger.info("metrics at http://%s/metrics, health at /healthz and /readyz", where)
+    if serving.health_address is not None:
+        where = format_address(serving.health_address)
+        logger.info("health at http://%s/healthz and /readyz", where)
     print(
         status_line(f"{serving.who}: serving {_what(options, service)}: {service.describe()}"),
         file=sys.stderr,

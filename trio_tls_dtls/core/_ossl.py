@@ -3,9 +3,11 @@
 pyOpenSSL has no public API for hostname verification, for asking whether a
 session was resumed, or for the certificate verification result. All three
 are one call into the OpenSSL bindings that ship with ``cryptography``
-(``OpenSSL._util.lib``), which pyOpenSSL itself is built on. Keeping them
-here means one module to check when either library moves; the test matrix
-exercises them on the oldest and newest supported versions.
+(``OpenSSL._util.lib``), which pyOpenSSL itself is built on. Nor can it tell
+whether two Session objects are one session (that compares its handles).
+Keeping them here (and the callbacks in :mod:`._ossl_callbacks`) means two
+modules to check when either library moves; the test matrix exercises them
+on the oldest and newest supported versions.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ __all__ = [
     "ciphertext_buffered",
     "ciphertext_waiting",
     "plaintext_buffered",
+    "same_session",
     "session_reused",
     "set_expected_host",
     "verify_error",
@@ -60,6 +63,16 @@ def set_expected_host(conn: SSL.Connection, host: str) -> None:
 def session_reused(conn: SSL.Connection) -> bool:
     """True if the handshake resumed an earlier session."""
     return bool(_lib_any.SSL_session_reused(_ssl_ptr(conn)))
+
+
+def same_session(a: SSL.Session, b: SSL.Session) -> bool:
+    """True if two pyOpenSSL Session objects wrap the same OpenSSL session.
+
+    ``Connection.get_session`` makes a new wrapper on every call. A TLS 1.3
+    client's session is replaced by a new one for each ticket the server
+    sends, so a changed session means a ticket (a resumable session) arrived.
+    """
+    return bool(a._session == b._session)
 
 
 def verify_error(conn: SSL.Connection) -> str | None:

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from OpenSSL import SSL
+from OpenSSL.crypto import X509StoreFlags
 
+from . import _ossl_callbacks
+from .client_identity import load_crls
 from .errors import ConfigError
 from .ocsp import OCSPChecker, Stapler, load_staple
 from .pem_files import LoadedCertificate, load_ca_file, load_certificate
+from .psk import PSKTable, load_psk_file
 from .settings import (
     CertificateSettings,
     ClientSettings,
@@ -29,8 +34,12 @@ from .settings import (
 
 __all__ = [
     "DTLS1_2_VERSION",
+    "CertificateSwitch",
+    "Certificates",
     "KeyLog",
+    "build_certificates",
     "build_client_context",
+    "build_front_context",
     "build_server_context",
     "client_context",
 ]
@@ -115,46 +124,86 @@ def _load_verify_file(ctx: SSL.Context, ca_file: Path) -> None:
     ctx.load_verify_locations(os.fsencode(ca_file))
 
 
-def _alpn_selector(server_protocols: Sequence[str]) -> SSL._ALPNSelectCallback:
-    offered = [p.encode() for p in server_protocols]
+@dataclass(frozen=True)
+class _ServerFiles:
+    """What a server reads from disk once per build, shared by its SNI contexts."""
 
-    def select(conn: SSL.Connection, client_protocols: list[bytes]) -> bytes:
-        for proto in offered:
-            if proto in client_protocols:
-                return proto
-        # No overlap: carry on without ALPN rather than abort; the
-        # application can see that none was negotiated.
-        return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
+    psk_table: PSKTable | None
+    crls: tuple[x509.CertificateRevocationList, ...]
 
-    return select
+    @classmethod
+    def load(cls, settings: ServerSettings) -> _ServerFiles:
+        table = None
+        if settings.psk_enabled:
+            keys = dict(settings.psk_keys)
+            if settings.psk_file is not None:
+                for identity, key in load_psk_file(settings.psk_file).items():
+                    if identity in keys:
+                        where = f"psk_file {settings.psk_file}"
+                        raise ConfigError(f"{where}: identity {identity!r} is in psk_keys too")
+                    keys[identity] = key
+            table = PSKTable(keys)
+        crls: list[x509.CertificateRevocationList] = []
+        if settings.crl_file is not None:
+            assert settings.ca_file is not None  # ServerSettings enforces it
+            crls = load_crls(settings.crl_file, load_ca_file(settings.ca_file))
+        return cls(table, tuple(crls))
+
+
+def _verify_clients(ctx: SSL.Context, settings: ServerSettings, files: _ServerFiles) -> None:
+    assert settings.ca_file is not None  # ServerSettings enforces it
+    _load_verify_file(ctx, settings.ca_file)
+    ctx.load_client_ca(os.fsencode(settings.ca_file))
+    mode = SSL.VERIFY_PEER
+    if settings.verify_client is VerifyClient.REQUIRED:
+        mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+    if files.crls:
+        store = ctx.get_cert_store()
+        assert store is not None  # every SSL_CTX has one
+        for crl in files.crls:
+            store.add_crl(crl)
+        store.set_flags(X509StoreFlags.CRL_CHECK)
+    if settings._identity_rules:
+        _ossl_callbacks.use_identity_check(ctx, settings._identity_rules, mode)
+    else:
+        ctx.set_verify(mode)
 
 
 def _server_context_for(
-    settings: ServerSettings, cert: CertificateSettings, dtls: bool, keylog: KeyLog | None
+    settings: ServerSettings,
+    cert: CertificateSettings | None,
+    dtls: bool,
+    keylog: KeyLog | None,
+    files: _ServerFiles,
 ) -> SSL.Context:
+    # cert=None: no certificate (PSK only, or a front context: see ticket_keys.py).
     ctx = _new_context(dtls, settings.min_version, settings.max_version)
     ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
-    _set_ciphers(ctx, settings.ciphers)
-    loaded = load_certificate(cert.cert_file, cert.key_file, cert.key_password)
-    _use_certificate(ctx, loaded)
-    if cert.ocsp_staple_file is not None:
-        # Read now, with the certificate: a reload rebuilds the context and
-        # so picks up a refreshed staple file.
-        ctx.set_ocsp_server_callback(Stapler(load_staple(cert.ocsp_staple_file, loaded.leaf)))
+    if files.psk_table is not None:
+        # PSK suites first: only a client with a PSK offers them, and it
+        # configured one to use it (with a certificate suite first, a server
+        # with both would never use the key).
+        _set_ciphers(ctx, f"{settings.psk_ciphers}:{settings.ciphers}")
+        _ossl_callbacks.use_psk_table(ctx, files.psk_table, settings.psk_identity_hint)
+    else:
+        _set_ciphers(ctx, settings.ciphers)
+    if cert is not None:
+        loaded = load_certificate(cert.cert_file, cert.key_file, cert.key_password)
+        _use_certificate(ctx, loaded)
+        if cert.ocsp_staple_file is not None:
+            # Read now, with the certificate: a reload rebuilds the context and
+            # so picks up a refreshed staple file.
+            ctx.set_ocsp_server_callback(Stapler(load_staple(cert.ocsp_staple_file, loaded.leaf)))
     ctx.set_session_id(_SESSION_ID_CONTEXT)
-    if not settings.session_tickets:
+    if not settings.session_tickets or files.psk_table is not None:
+        # With PSKs, no resumption: OpenSSL's bindings cannot tell which
+        # identity a resumed session was made with (PeerInfo.psk_identity).
         ctx.set_options(SSL.OP_NO_TICKET)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     if settings.verify_client is not VerifyClient.NONE:
-        assert settings.ca_file is not None  # ServerSettings enforces it
-        _load_verify_file(ctx, settings.ca_file)
-        ctx.load_client_ca(os.fsencode(settings.ca_file))
-        mode = SSL.VERIFY_PEER
-        if settings.verify_client is VerifyClient.REQUIRED:
-            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        ctx.set_verify(mode)
+        _verify_clients(ctx, settings, files)
     if settings.alpn:
-        ctx.set_alpn_select_callback(_alpn_selector(settings.alpn))
+        _ossl_callbacks.require_alpn(ctx, settings.alpn)
     if keylog is not None:
         ctx.set_keylog_callback(keylog)
     if dtls:
@@ -191,21 +240,77 @@ def _name_matches(pattern: str, name: str) -> bool:
     return pattern == name
 
 
-class _SNISelector:
-    """Switches a connection to the context whose certificate names the server."""
+@dataclass(frozen=True)
+class Certificates:
+    """The certificate contexts one reading of a server's files makes.
 
-    def __init__(self, choices: list[tuple[tuple[str, ...], SSL.Context]]) -> None:
-        self._choices = choices
+    *default* serves a client whose server name (SNI) matches none of
+    *by_name*, or that sent none; *files* is what they were built with.
+    """
+
+    default: SSL.Context
+    by_name: tuple[tuple[tuple[str, ...], SSL.Context], ...]
+    files: _ServerFiles
+
+    def for_name(self, raw: bytes | None) -> SSL.Context:
+        if raw is not None:
+            name = raw.decode("ascii", "replace").lower().rstrip(".")
+            for patterns, ctx in self.by_name:
+                if any(_name_matches(p, name) for p in patterns):
+                    return ctx
+        return self.default
+
+
+class CertificateSwitch:
+    """A servername callback: moves each connection to the context for its server name.
+
+    OpenSSL calls it for every ClientHello, SNI or not. A connection moved
+    with ``SSL_set_SSL_CTX`` takes that context's certificate, OCSP staple,
+    CA store and callbacks, and keeps the session-ticket keys (and the
+    callbacks OpenSSL copied when it was made) of the context it was made
+    from. :attr:`certificates` is replaced whole by a reload: one attribute
+    store, which a handshake in another thread reads before or after.
+    """
+
+    def __init__(self, certificates: Certificates) -> None:
+        self.certificates = certificates
 
     def __call__(self, conn: SSL.Connection) -> None:
-        raw = conn.get_servername()
-        if raw is None:
-            return
-        name = raw.decode("ascii", "replace").lower().rstrip(".")
-        for patterns, ctx in self._choices:
-            if any(_name_matches(p, name) for p in patterns):
-                conn.set_context(ctx)
-                return
+        ctx = self.certificates.for_name(conn.get_servername())
+        if ctx is not conn.get_context():
+            conn.set_context(ctx)
+
+
+def build_certificates(
+    settings: ServerSettings, *, dtls: bool = False, keylog: KeyLog | None = None
+) -> Certificates:
+    """Read the files of *settings* into certificate contexts; ConfigError names a bad one."""
+    files = _ServerFiles.load(settings)
+    default = _server_context_for(settings, settings.certificate, dtls, keylog, files)
+    by_name = tuple(
+        (sni.server_names, _server_context_for(settings, sni, dtls, keylog, files))
+        for sni in settings.sni_certificates
+    )
+    return Certificates(default, by_name, files)
+
+
+def build_front_context(
+    settings: ServerSettings,
+    switch: CertificateSwitch,
+    *,
+    dtls: bool = False,
+    keylog: KeyLog | None = None,
+) -> SSL.Context:
+    """A context with every setting but a certificate, which *switch* supplies per connection.
+
+    What OpenSSL copies into a connection when it is made (options,
+    verification mode and callback, PSK callbacks) comes from here; the
+    certificate, and what else is read from files, from the switch's contexts.
+    """
+    files = switch.certificates.files
+    ctx = _server_context_for(settings, None, dtls, keylog, files)
+    ctx.set_tlsext_servername_callback(switch)
+    return ctx
 
 
 def build_server_context(settings: ServerSettings, *, dtls: bool = False) -> SSL.Context:
@@ -214,20 +319,20 @@ def build_server_context(settings: ServerSettings, *, dtls: bool = False) -> SSL
     Raises ConfigError naming the file or setting at fault.
     """
     keylog = KeyLog(settings.keylog_file) if settings.keylog_file else None
-    default = _server_context_for(settings, settings.certificate, dtls, keylog)
-    if settings.sni_certificates:
-        choices = [
-            (sni.server_names, _server_context_for(settings, sni, dtls, keylog))
-            for sni in settings.sni_certificates
-        ]
-        default.set_tlsext_servername_callback(_SNISelector(choices))
-    return default
+    certificates = build_certificates(settings, dtls=dtls, keylog=keylog)
+    if certificates.by_name:
+        certificates.default.set_tlsext_servername_callback(CertificateSwitch(certificates))
+    return certificates.default
 
 
 def build_client_context(settings: ClientSettings, *, dtls: bool = False) -> SSL.Context:
     """A complete client Context for *settings*. Host names are checked per connection."""
     ctx = _new_context(dtls, settings.min_version, settings.max_version)
-    _set_ciphers(ctx, settings.ciphers)
+    if settings.psk_identity is not None and settings.psk_key is not None:
+        _set_ciphers(ctx, f"{settings.psk_ciphers}:{settings.ciphers}")
+        _ossl_callbacks.use_client_psk(ctx, settings.psk_identity, settings.psk_key)
+    else:
+        _set_ciphers(ctx, settings.ciphers)
     if settings.verify:
         if settings.ca_file is not None:
             _load_verify_file(ctx, settings.ca_file)

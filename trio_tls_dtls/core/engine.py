@@ -14,7 +14,10 @@ is an ordinary state: :meth:`~TLSEngine.do_handshake` returns False and
 :class:`~trio_tls_dtls.core.errors.TLSError` carrying OpenSSL's reason text.
 
 Thread safety: none. One engine is used by one thread at a time; the
-drivers guarantee it by awaiting every offloaded call before the next.
+drivers' EngineGuard (:mod:`trio_tls_dtls.drivers.engine_guard`) keeps it,
+and decides which calls run in a thread. The engine only reports facts the
+decision needs (:attr:`~TLSEngine.sent_first_flight`,
+:attr:`~TLSEngine.verifies_peer`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import ipaddress
 
 from OpenSSL import SSL
 
-from . import _ossl, ocsp
+from . import _ossl, _ossl_callbacks, ocsp
 from .errors import DatagramTooLargeError, HandshakeError, TLSError
 from .peer_info import Address, PeerInfo
 
@@ -119,6 +122,20 @@ class TLSEngine:
         """The current session, to resume later with ``TLSEngine.client(session=...)``."""
         return self._conn.get_session()
 
+    @property
+    def sent_first_flight(self) -> bool:
+        """True once :meth:`bytes_to_send` has returned ciphertext.
+
+        For a server: it has answered the ClientHello. (A fact for the
+        drivers' cost model of a handshake step, which lives with them.)
+        """
+        return self._sent_flight
+
+    @property
+    def verifies_peer(self) -> bool:
+        """True if the context asks for the peer's certificate (any mode but VERIFY_NONE)."""
+        return bool(self._conn.get_context().get_verify_mode() != SSL.VERIFY_NONE)
+
     # -- ciphertext in and out ---------------------------------------------
 
     def receive_bytes(self, data: bytes | bytearray | memoryview) -> None:
@@ -141,21 +158,6 @@ class TLSEngine:
         return conn.bio_read(waiting)
 
     # -- handshake -------------------------------------------------------------
-
-    def next_step_is_costly(self) -> bool:
-        """Whether the next :meth:`do_handshake` call is likely to do public-key work.
-
-        A server's expensive step is the one that answers the ClientHello
-        (key exchange and signature: ≈ 250 µs for ECDSA P-256), so every
-        step until it has produced its first flight counts; after that only
-        verifying a client certificate costs as much (≈ 350 µs), while
-        reading the client's Finished and issuing tickets is ≈ 50 µs, less
-        than a thread hop. A client's later steps verify the server's chain
-        and signature, so all of its steps count.
-        """
-        if not self.server_side or not self._sent_flight:
-            return True
-        return bool(self._conn.get_context().get_verify_mode() != SSL.VERIFY_NONE)
 
     def do_handshake(self) -> bool:
         """Advance the handshake: True once it is complete, False if it needs input.
@@ -184,7 +186,9 @@ class TLSEngine:
         detail = _ossl.verify_error(self._conn)
         if detail and "certificate verify failed" in reason:
             reason = f"{reason} ({detail})"
-        return reason
+        # A PSK or ALPN refusal, or an identity rule, says more than OpenSSL.
+        ours = _ossl_callbacks.explain_failure(self._conn, reason, server_side=self.server_side)
+        return ours or reason
 
     def _describe_failure(self, exc: SSL.Error) -> str:
         return f"{self._name} handshake failed: {self._reason(exc)}"
@@ -279,17 +283,20 @@ class TLSEngine:
         alpn = conn.get_alpn_proto_negotiated()
         name = conn.get_servername()
         chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+        cert = conn.get_peer_certificate(as_cryptography=True)
+        side = self.server_side
         return PeerInfo(
             address=address,
             transport=transport,
             protocol=conn.get_protocol_version_name(),
             cipher=conn.get_cipher_name() or "",
-            resumed=_ossl.session_reused(conn),
+            resumed=_ossl_callbacks.is_resumption(conn, server_side=side),
             alpn=alpn.decode("ascii", "replace") if alpn else None,
             server_name=name.decode("ascii", "replace") if name else None,
-            certificate=conn.get_peer_certificate(as_cryptography=True),
+            certificate=cert,
             chain=tuple(chain),
             ocsp=ocsp.status_of(conn),
+            psk_identity=_ossl_callbacks.psk_identity(conn, server_side=side, peer_cert=bool(cert)),
         )
 
 
@@ -307,7 +314,7 @@ def _client_connection(
         if check_hostname and context.get_verify_mode() != SSL.VERIFY_NONE:
             _ossl.set_expected_host(conn, server_hostname)
     if session is not None:
-        conn.set_session(session)
+        _ossl_callbacks.offer_session(conn, session)
     return conn
 
 

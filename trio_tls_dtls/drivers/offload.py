@@ -1,4 +1,4 @@
-"""The one place that decides whether crypto runs on the event loop or in a thread.
+"""The crypto thread pool: worker threads for engine calls, bounded per process.
 
 OpenSSL's public-key work (a server's ECDHE and signature, a client's
 verification of the chain) takes hundreds of microseconds to milliseconds.
@@ -11,9 +11,12 @@ is more than encrypting a 64 KiB record costs with AES-GCM. So records stay
 on the loop unless a single call moves at least ``record_threshold`` bytes.
 docs/performance.rst records the measurements behind the defaults.
 
-Invariant kept by the callers, not here: an engine is used by one thread at
-a time. The drivers await every offloaded call before touching the engine
-again, so a worker thread never races the loop over one SSL object.
+:class:`CryptoOffload` is the pool and what its settings allow; the decision
+for each engine call (is this step costly? is the pool worth a hop now?) and
+the rule that one SSL object is used by one thread at a time are the
+:class:`~trio_tls_dtls.drivers.engine_guard.EngineGuard`'s, one per
+connection. A worker thread never races the loop over an SSL object because
+every offloaded call goes through its connection's guard.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ class CryptoOffload:
         )
 
     def offloads_handshakes(self) -> bool:
+        """True if the settings send costly handshake steps to a thread.
+
+        Which steps are costly is the EngineGuard's cost model.
+        """
         return self.settings.handshakes
 
     def offloads_records(self, nbytes: int) -> bool:

@@ -1,22 +1,22 @@
 """Prometheus metrics for a running :class:`~trio_tls_dtls.service.service.Service`.
 
 Nothing is counted twice: the servers keep plain counters in their stats
-dataclasses, and :class:`ServiceCollector` reads them when Prometheus
-scrapes. Each service gets its own ``CollectorRegistry`` (never the global
-one), so two services in one process do not mix.
+dataclasses (closes and bytes are counted there by the service's
+:class:`~.access_log.AccessLog`, from each close record), and
+:class:`ServiceCollector` reads them when Prometheus scrapes. Each service
+gets its own ``CollectorRegistry`` (never the global one), so two services
+in one process do not mix.
 
 :func:`serve_metrics` answers ``GET /metrics`` over plain HTTP from the same
-Trio loop as the service (``trio-tlsd serve --metrics-port P``). It listens
-on 127.0.0.1 unless told otherwise: metrics say a lot about who connects.
-docs/reference/metrics.rst lists every metric.
+Trio loop as the service (``trio-tlsd serve --metrics-port P``), and the
+health and readiness probes ``/healthz`` and ``/readyz`` beside it
+(:mod:`.health`). It listens on 127.0.0.1 unless told otherwise: metrics say
+a lot about who connects. docs/reference/metrics.rst lists every metric.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-from collections.abc import Awaitable, Callable, Iterator
-from functools import partial
+from collections.abc import Iterator
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,19 +28,21 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..drivers.close_accounting import LatencyHistogram
-from ..drivers.listeners import open_tcp_listeners
+from ..core.latency_histogram import LatencyHistogram
+from .health import health_routes
+from .http_endpoint import MAX_REQUEST, REQUEST_TIMEOUT, Request, Response, Route, serve_http
 from .service import Service
 
-__all__ = ["ServiceCollector", "metrics_registry", "serve_metrics", "serve_metrics_on"]
+__all__ = [
+    "MAX_REQUEST",
+    "REQUEST_TIMEOUT",
+    "ServiceCollector",
+    "metrics_registry",
+    "metrics_routes",
+    "serve_metrics",
+]
 
 PREFIX = "trio_tlsd_"
-# An HTTP request we answer is one short line and a few headers.
-MAX_REQUEST = 8192
-REQUEST_TIMEOUT = 5.0
-# accept() errors that mean "too many open right now", as trio.serve_listeners has them.
-_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-_ACCEPT_PAUSE = 0.1
 
 
 class ServiceCollector(Collector):
@@ -101,7 +103,9 @@ class ServiceCollector(Collector):
             value=offload.busy_threads,
         )
         reloads = CounterMetricFamily(
-            PREFIX + "reloads", "Certificate reloads (SIGHUP), by outcome", labels=["outcome"]
+            PREFIX + "reloads",
+            "Certificate reloads (SIGHUP, changed files), by outcome",
+            labels=["outcome"],
         )
         reloads.add_metric(["ok"], service.reloads)
         reloads.add_metric(["failed"], service.reloads_failed)
@@ -200,90 +204,18 @@ async def serve_metrics(
     host: str = "127.0.0.1",
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer ``GET /metrics`` on *host*:*port* until cancelled.
+    """Answer ``/metrics``, ``/healthz`` and ``/readyz`` on *host*:*port* until cancelled.
 
     ``await nursery.start(serve_metrics, service, 0)`` returns the port.
     """
-    listeners = await open_tcp_listeners(port, host)
-    await serve_metrics_on(service, listeners, task_status=task_status)
+    await serve_http(metrics_routes(service), port, host=host, task_status=task_status)
 
 
-async def serve_metrics_on(
-    service: Service,
-    listeners: list[trio.SocketListener],
-    *,
-    until: trio.Event | None = None,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """:func:`serve_metrics` on listeners bound already; returns the port to ``nursery.start``.
+def metrics_routes(service: Service) -> dict[str, Route]:
+    """``/metrics``, ``/healthz`` and ``/readyz`` for *service*: the metrics listener's routes."""
+    registry = metrics_registry(service)
 
-    The listeners were bound before anything was served (so a port in use
-    is an error at start), or by a supervisor for its worker. Once *until*
-    is set, no new request is accepted (the listeners close), the requests
-    in flight are answered, and this returns.
-    """
-    answer = partial(_answer, metrics_registry(service))
-    bound = int(listeners[0].socket.getsockname()[1])
-    async with trio.open_nursery() as requests, trio.open_nursery() as accepting:
-        for listener in listeners:
-            accepting.start_soon(_accept_loop, listener, requests, answer)
-        task_status.started(bound)
-        if until is not None:
-            await until.wait()
-            accepting.cancel_scope.cancel()
+    def metrics(request: Request) -> Response:
+        return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
-
-async def _accept_loop(
-    listener: trio.SocketListener,
-    requests: trio.Nursery,
-    answer: Callable[[trio.SocketStream], Awaitable[None]],
-) -> None:
-    async with listener:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
-                    raise
-                await trio.sleep(_ACCEPT_PAUSE)  # out of descriptors: let some close
-                continue
-            requests.start_soon(answer, stream)
-
-
-async def _answer(registry: CollectorRegistry, stream: trio.SocketStream) -> None:
-    async with stream:
-        try:
-            request = await _read_request(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The client reset the connection. A handler's exception would end
-            # serve_listeners and with it the whole service: nobody to answer.
-            return
-        line = request.split(b"\r\n", 1)[0].split()
-        if len(line) < 2 or line[0] != b"GET":
-            await _reply(stream, b"405 Method Not Allowed", b"text/plain", b"GET only\n")
-        elif line[1].split(b"?", 1)[0] != b"/metrics":
-            await _reply(stream, b"404 Not Found", b"text/plain", b"try /metrics\n")
-        else:
-            body = generate_latest(registry)
-            await _reply(stream, b"200 OK", CONTENT_TYPE_LATEST.encode(), body)
-
-
-async def _read_request(stream: trio.SocketStream) -> bytes:
-    """Up to the blank line, MAX_REQUEST bytes or REQUEST_TIMEOUT, whichever comes first."""
-    request = b""
-    with trio.move_on_after(REQUEST_TIMEOUT):
-        while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST:
-            chunk = await stream.receive_some(MAX_REQUEST)
-            if not chunk:
-                break
-            request += chunk
-    return request
-
-
-async def _reply(stream: trio.SocketStream, status: bytes, kind: bytes, body: bytes) -> None:
-    head = b"HTTP/1.0 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-    with (
-        trio.move_on_after(REQUEST_TIMEOUT),
-        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-    ):
-        await stream.send_all(head % (status, kind, len(body)) + body)
+    return {"/metrics": metrics, **health_routes(service)}

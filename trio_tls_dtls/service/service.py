@@ -5,14 +5,14 @@
 runs each listener as a child of one nursery, each reporting readiness
 through ``task_status.started()``. A failure inside one connection or peer
 never reaches the nursery: the servers catch it per task. Either listener can
-be left out.
+be left out. Both servers send their close records to one
+:class:`~.access_log.AccessLog`, which counts and logs them.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import math
 import socket as _stdsocket
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -20,24 +20,22 @@ from typing import NoReturn
 import trio
 from OpenSSL import SSL
 
-from ..core.contexts import build_server_context
 from ..core.dtls_cookie import CookieSecrets
 from ..core.errors import ConfigError, ListenError, TLSDError
 from ..core.peer_info import Address, format_address
 from ..core.settings import ServerSettings
-from ..drivers.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler, open_udp_sockets
-from ..drivers.listeners import normalize_address, open_tcp_listeners
+from ..core.ticket_keys import ServerContexts
+from ..drivers.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler
+from ..drivers.listeners import normalize_address, open_tcp_listeners, open_udp_sockets
 from ..drivers.offload import CryptoOffload
 from ..drivers.tls.server import TLSHandler, TLSServer, echo_handler
+from . import sd_notify
+from .access_log import AccessLog
+from .file_watch import FileWatch, watched_files
 
 __all__ = ["Service", "serve"]
 
 logger = logging.getLogger(__name__)
-
-# How long a worker that shares its UDP sockets with a successor keeps
-# reading them once its drain has sent close_notify to every peer: the sends
-# are local and immediate; a handler busy sending delays one a little.
-_HANDOVER_GRACE = 0.2
 
 # With port 0, the kernel picks the TCP port; the UDP socket then asks for the
 # same number, which another program may hold. Try a few times.
@@ -55,32 +53,57 @@ class Service:
         dtls: bool = True,
         tls_handler: TLSHandler = echo_handler,
         dtls_handler: DTLSHandler = dtls_echo_handler,
-        tls_context: SSL.Context | None = None,
-        dtls_context: SSL.Context | None = None,
+        tls_context: SSL.Context | ServerContexts | None = None,
+        dtls_context: SSL.Context | ServerContexts | None = None,
         offload: CryptoOffload | None = None,
         cookies: CookieSecrets | None = None,
     ) -> None:
         if not (tls or dtls):
             raise ConfigError("nothing to serve: enable TLS, DTLS or both")
         self.settings = settings
+        # The files as they were before they were read: what upkeep compares with.
+        self.files = FileWatch(watched_files(settings))
         self.offload = offload if offload is not None else CryptoOffload(settings.offload)
         self.tls: TLSServer | None = None
         self.dtls: DTLSServer | None = None
+        self.access_log = AccessLog()
+        """Where both servers' close records go: counted into their stats, logged."""
         if tls:
-            self.tls = TLSServer(tls_handler, settings, context=tls_context, offload=self.offload)
+            self.tls = TLSServer(
+                tls_handler,
+                settings,
+                context=tls_context,
+                offload=self.offload,
+                on_close=self.access_log,
+            )
+            self.access_log.counts["tls"] = self.tls.stats
         if dtls:
             self.dtls = DTLSServer(
-                dtls_handler, settings, context=dtls_context, offload=self.offload, cookies=cookies
+                dtls_handler,
+                settings,
+                context=dtls_context,
+                offload=self.offload,
+                cookies=cookies,
+                on_close=self.access_log,
             )
+            self.access_log.counts["dtls"] = self.dtls.stats
         self._listeners: list[trio.SocketListener] = []
         self._sockets: list[trio.socket.SocketType] = []
         self.tls_addresses: list[Address] = []
         self.dtls_addresses: list[Address] = []
         self.reloads = 0
         self.reloads_failed = 0
+        self.ticket_key_rotations = 0
         self._reuse_port = False
         self._dtls_scope = trio.CancelScope()
-        self._adopted = False
+        self.serving = False
+        """True while :meth:`run` serves (listeners started), False before and after."""
+        self.stopping: str | None = None
+        """Why the service is stopping, from the first stop request on (see
+        :meth:`begin_stopping`); None until then. /readyz reports it."""
+        self.replaced = False
+        """A successor now serves on this service's sockets (a worker after a
+        reload): see :meth:`begin_stopping`."""
 
     @property
     def port(self) -> int:
@@ -146,7 +169,6 @@ class Service:
         self._sockets = [
             trio.socket.from_stdlib_socket(sock) for sock in (udp if self.dtls is not None else ())
         ]
-        self._adopted = True
         self._note_addresses()
 
     def _note_addresses(self) -> None:
@@ -185,9 +207,29 @@ class Service:
                 await nursery.start(self.tls.serve, self._listeners)
             if self.dtls is not None:
                 await nursery.start(self._serve_dtls)
-            task_status.started(self)
-            await trio.sleep_forever()
+            self.serving = True
+            try:
+                task_status.started(self)
+                nursery.start_soon(sd_notify.announce, self)  # systemd: READY=1, then STATUS=
+                await trio.sleep_forever()
+            finally:
+                self.serving = False
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def begin_stopping(self, why: str) -> None:
+        """Say the service is on its way out: it still serves, but is no longer ready.
+
+        Called at the first stop request, before any drain delay, so that
+        ``/readyz`` fails at once (:mod:`trio_tls_dtls.service.health`). The
+        first reason given is kept. A service that has been :attr:`replaced`
+        stays ready: its operator ports are its successor's now, and a probe
+        still in flight there is asking about the successor.
+        """
+        if self.stopping is None and not self.replaced:
+            self.stopping = why
+
+    def _contexts(self) -> list[ServerContexts]:
+        return [server.contexts for server in (self.tls, self.dtls) if server is not None]
 
     async def _serve_dtls(self, *, task_status: trio.TaskStatus[DTLSServer]) -> None:
         assert self.dtls is not None
@@ -197,23 +239,44 @@ class Service:
     def reload(self) -> bool:
         """Re-read certificates and keys from disk for new handshakes.
 
-        Established connections and peers keep the session they have. If a
-        file is missing or bad, the old certificates stay in use, the reason
-        is logged, and this returns False.
+        Established connections and peers keep the session they have, and
+        the session-ticket keys stay: a session from before the reload
+        resumes after it. If a file is missing or bad, the old certificates
+        stay in use, the reason is logged, and this returns False.
         """
+        with sd_notify.reloading():  # systemd: RELOADING=1, then READY=1
+            return self._reload_contexts()
+
+    def _reload_contexts(self) -> bool:
+        self.files.changed()  # what is read now is what the next look compares with
         try:
-            tls = build_server_context(self.settings) if self.tls is not None else None
-            dtls = build_server_context(self.settings, dtls=True) if self.dtls is not None else None
+            # Both protocols' files are read before either changes.
+            commits = [contexts.prepare_reload() for contexts in self._contexts()]
         except TLSDError as exc:
             self.reloads_failed += 1
             logger.error("reload failed, keeping the old certificates: %s", exc)
             return False
-        if self.tls is not None and tls is not None:
-            self.tls.context = tls
-        if self.dtls is not None and dtls is not None:
-            self.dtls.context = dtls
+        for commit in commits:
+            commit()
         self.reloads += 1
         logger.info("reloaded certificates and keys from disk")
+        return True
+
+    def rotate_ticket_keys(self) -> bool:
+        """New session-ticket keys; tickets sealed with the ones in use resume until the next.
+
+        False if nothing rotated (tickets off, or contexts given as they
+        are) or if it failed (logged; the keys in use stay).
+        """
+        try:
+            rotated = [contexts.rotate() for contexts in self._contexts()]
+        except TLSDError as exc:
+            logger.error("session-ticket key rotation failed, keeping the keys in use: %s", exc)
+            return False
+        if not any(rotated):
+            return False
+        self.ticket_key_rotations += 1
+        logger.info("rotated the session-ticket keys (the previous ones still open tickets)")
         return True
 
     async def drain(self) -> None:
@@ -223,6 +286,8 @@ class Service:
         :meth:`open_count` then says how many were still open, and
         cancelling :meth:`run` cuts them.
         """
+        self.begin_stopping("draining")
+        sd_notify.stopping(self.open_count())  # systemd: STOPPING=1
         async with trio.open_nursery() as nursery:
             if self.tls is not None:
                 nursery.start_soon(self.tls.drain)
@@ -232,19 +297,16 @@ class Service:
     async def _drain_dtls(self) -> None:
         """The DTLS drain; then the UDP sockets are read no more.
 
-        A draining endpoint only drops new ClientHellos. Sockets a worker
-        adopted are shared with its successor after a reload, and every
-        datagram this process reads is one the successor does not: so a
-        worker sends its close_notify to every peer, gives those datagrams
-        a moment to leave (a local send), and stops reading, leaving the
-        sockets to the successor. Its peers owe it nothing after our
-        close_notify; whatever they send next reaches the successor, which
-        answers a new handshake. A process that owns its sockets waits for
-        its peers (up to the drain timeout) before it stops reading.
+        Once the drain is over no peer is left (the driver cuts one that has
+        not answered our close_notify within its grace) and none would be
+        admitted: a draining endpoint only drops new ClientHellos. So it
+        stops reading. For a worker this matters: after a reload its UDP
+        sockets are shared with the worker that replaces it (see
+        :mod:`.worker_sockets`), and every datagram it reads is one its
+        successor, which would answer a new handshake, does not get.
         """
         assert self.dtls is not None
-        with trio.move_on_after(_HANDOVER_GRACE if self._adopted else math.inf):
-            await self.dtls.drain()
+        await self.dtls.drain()
         self._dtls_scope.cancel()
 
     def open_count(self) -> int:

@@ -4,26 +4,32 @@
 with ``--workers N`` (and :func:`~trio_tls_dtls.service.workers.serve_workers`)
 every worker runs it, with its index. In order:
 
-1. bind every socket before any task starts (the metrics listener first,
-   then TCP and UDP), so that a port in use is a plain
+1. bind every socket before any task starts (the operator's endpoints
+   first, then TCP and UDP), so that a port in use is a plain
    :class:`~trio_tls_dtls.core.errors.ListenError`; then ``hooks.after_bind``
    (the place to drop root) before anything is accepted. A worker binds
    nothing: it adopts the sockets its supervisor opened for its slot
    (:mod:`.worker_sockets`);
 2. serve until stopped (:func:`~trio_tls_dtls.service.drain.serve_until_stopped`:
    the signal table, the bounded drain, the second signal), with the
-   metrics endpoint beside the service, a worker's watch on its supervisor
-   (:mod:`.lifeline`: a supervisor gone is a stop request), the memory
-   trim after a burst (:mod:`.memory_trim`) and ``hooks.on_serving``
-   announcing the service;
+   operator's endpoints beside the service (``/metrics``, ``/healthz``,
+   ``/readyz``: :class:`OperatorPorts`), the memory trim after a burst
+   (:mod:`.memory_trim`), a worker's watch on its lifeline (:mod:`.lifeline`:
+   a supervisor gone is a stop request, a successor started is
+   :meth:`~trio_tls_dtls.service.drain.GracefulStop.replaced`), and
+   ``hooks.on_serving`` announcing the service;
 3. print one summary line, ``WHO: drained: ...; N still open when stopped``
    or ``WHO: stopped at once by a second signal: ...``, and return the exit
    status (:mod:`trio_tls_dtls.service.signals`).
 
-A worker's metrics listener is shared with the worker that replaces it on a
-reload, so a worker stops answering metrics when its drain starts: from then
-on its successor alone answers on that port. A single process answers
-metrics until it exits.
+A single process also runs :func:`~trio_tls_dtls.service.upkeep.upkeep`
+beside the service: a reload when the certificate files change, new
+session-ticket keys on schedule. Workers leave both to their supervisor.
+
+The operator's endpoints answer until the process ends, through the drain,
+except in a worker that has been replaced: its endpoints share their ports
+with its successor's, so it stops accepting on them at once (requests in
+flight are answered) and the successor alone answers from then on.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import trio
@@ -40,14 +46,24 @@ import trio
 from ..core.peer_info import Address
 from ..drivers.listeners import normalize_address, open_tcp_listeners
 from .drain import GracefulStop, serve_until_stopped
+from .health import health_routes
+from .http_endpoint import Route, serve_http_on
 from .lifeline import watch_lifeline
 from .log_format import status_line
 from .memory_trim import trim_memory_after_bursts
-from .metrics import serve_metrics_on
+from .metrics import metrics_routes
 from .service import Service
+from .upkeep import upkeep
 from .worker_sockets import SlotSockets
 
-__all__ = ["ProcessHooks", "Serving", "announce_serving", "process_name", "serve_process"]
+__all__ = [
+    "OperatorPorts",
+    "ProcessHooks",
+    "Serving",
+    "announce_serving",
+    "process_name",
+    "serve_process",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +83,9 @@ class Serving:
     worker: int | None
     """The worker index, or None in a single process."""
     metrics_address: Address | None = None
-    """Where this process answers ``GET /metrics``, if it does."""
+    """Where ``/metrics`` (and ``/healthz``, ``/readyz``) are answered, if anywhere."""
+    health_address: Address | None = None
+    """Where ``/healthz`` and ``/readyz`` alone are answered, if anywhere."""
 
     @property
     def service(self) -> Service:
@@ -93,6 +111,29 @@ async def announce_serving(serving: Serving) -> None:
 
 
 @dataclass(frozen=True)
+class OperatorPorts:
+    """Where a serving process answers the operator over HTTP; None: not at all.
+
+    The metrics port answers ``/metrics``, ``/healthz`` and ``/readyz``; the
+    health port the last two only. With workers, worker *k* answers on
+    ``port + k`` (:meth:`for_worker`).
+    """
+
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
+
+    def for_worker(self, index: int) -> OperatorPorts:
+        """The ports of worker *index*: each port plus the index."""
+        return replace(
+            self,
+            metrics_port=None if self.metrics_port is None else self.metrics_port + index,
+            health_port=None if self.health_port is None else self.health_port + index,
+        )
+
+
+@dataclass(frozen=True)
 class ProcessHooks:
     """What a caller adds to the life of each serving process."""
 
@@ -111,22 +152,21 @@ async def serve_process(
     *,
     worker: int | None = None,
     hooks: ProcessHooks | None = None,
-    metrics_port: int | None = None,
-    metrics_host: str = "127.0.0.1",
+    operator: OperatorPorts | None = None,
     inherited: SlotSockets | None = None,
     lifeline: int | None = None,
 ) -> int:
     """Bind *service*, serve until stopped, print the summary; the exit status.
 
     Run it with ``trio.run``; *worker* is the worker index (its sockets then
-    share the port with SO_REUSEPORT), None for a single process. With
-    *metrics_port*, ``GET /metrics`` is answered on *metrics_host*. A worker
-    is given *inherited*, the sockets its supervisor opened for its slot
-    (metrics included), instead of binding, and *lifeline*, the fd whose end
-    of file says that its supervisor is gone (:mod:`.lifeline`).
+    share the port with SO_REUSEPORT), None for a single process.
+    *operator* says where to answer metrics and health. A worker is given
+    *inherited*, the sockets its supervisor opened for its slot (its
+    operator ports included), instead of binding, and *lifeline*, the fd of
+    its :mod:`.lifeline`.
     """
     hooks = hooks if hooks is not None else ProcessHooks()
-    metrics = await _metrics_listeners(metrics_port, metrics_host, inherited)
+    endpoints = await _operator_listeners(service, operator or OperatorPorts(), inherited)
     try:
         if inherited is None:
             await service.bind(
@@ -137,31 +177,35 @@ async def serve_process(
             if hooks.after_bind is not None:
                 hooks.after_bind()
     except BaseException:
-        for listener in metrics:
-            listener.socket.close()
+        for _, listeners in endpoints:
+            for listener in listeners:
+                listener.socket.close()
         raise
 
-    async with trio.open_nursery() as beside:  # the metrics endpoint, beside the service
+    async with trio.open_nursery() as beside:  # the operator's endpoints
 
         async def on_serving(stop: GracefulStop) -> None:
-            address = None
-            if metrics:
-                # A worker hands its metrics port to its successor when it drains.
-                until = stop.drain_started if inherited is not None else None
-                await beside.start(partial(serve_metrics_on, service, metrics, until=until))
-                address = normalize_address(metrics[0].socket.getsockname())
+            # A replaced worker's endpoints share their ports with its successor's.
+            until = stop.handover if inherited is not None else None
+            addresses: list[Address | None] = []
+            for routes, listeners in endpoints:
+                if listeners:
+                    await beside.start(partial(serve_http_on, routes, listeners, until=until))
+                    addresses.append(normalize_address(listeners[0].socket.getsockname()))
+                else:
+                    addresses.append(None)
             if lifeline is not None:
-                stop.nursery.start_soon(
-                    watch_lifeline, lifeline, partial(stop.stop, "supervisor gone")
-                )
+                stop.nursery.start_soon(_watch, lifeline, stop)
+            else:  # with workers, the supervisor watches and rotates for all of them
+                stop.nursery.start_soon(upkeep, stop)
             stop.nursery.start_soon(trim_memory_after_bursts, service)
-            await hooks.on_serving(Serving(stop, worker, address))
+            await hooks.on_serving(Serving(stop, worker, *addresses))
 
         stop = await serve_until_stopped(service, on_serving=on_serving, log=hooks.log)
-        if inherited is None or stop.forced:
+        if stop.forced or not stop.handover.is_set():
             beside.cancel_scope.cancel()
-        # else: a worker's metrics stopped accepting when its drain began, and
-        # the requests in flight end by themselves (each has a deadline).
+        # else: a replaced worker stopped accepting on its endpoints, and the
+        # requests in flight end by themselves (each has a deadline).
     how = "stopped at once by a second signal" if stop.forced else "drained"
     summary = f"{process_name(worker)}: {how}: {service.summary()}"
     print(
@@ -172,13 +216,38 @@ async def serve_process(
     return stop.exit_status
 
 
-async def _metrics_listeners(
-    port: int | None, host: str, inherited: SlotSockets | None
-) -> list[trio.SocketListener]:
+async def _operator_listeners(
+    service: Service, ports: OperatorPorts, inherited: SlotSockets | None
+) -> list[tuple[dict[str, Route], list[trio.SocketListener]]]:
+    """The routes and listeners of the metrics and the health endpoints (either may be empty)."""
     if inherited is not None:
-        return [
-            trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in inherited.metrics
+        wrap = [
+            [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in socks]
+            for socks in (inherited.metrics, inherited.health)
         ]
-    if port is None:
-        return []
-    return await open_tcp_listeners(port, host)
+    else:
+        wrap = []
+        try:
+            for wanted, host in (
+                (ports.metrics_port, ports.metrics_host),
+                (ports.health_port, ports.health_host),
+            ):
+                wrap.append([] if wanted is None else await open_tcp_listeners(wanted, host))
+        except BaseException:
+            for listeners in wrap:
+                for listener in listeners:
+                    listener.socket.close()
+            raise
+    return [(metrics_routes(service), wrap[0]), (health_routes(service), wrap[1])]
+
+
+async def _watch(fd: int, stop: GracefulStop) -> None:
+    def gone() -> None:
+        if not stop.requests.draining:  # a drain under way is bounded already
+            stop.stop("supervisor exit")
+
+    def replaced() -> None:
+        if not stop.requests.draining:
+            stop.replaced("replaced by a new worker")
+
+    await watch_lifeline(fd, on_replaced=replaced, on_gone=gone)

@@ -11,19 +11,22 @@ flows of *other* workers, and with them every DTLS session those workers
 held (a worker that does not know a peer can only drop its records).
 
 So the supervisor opens, before it forks anything, one set of sockets per
-worker slot *k* (TCP listeners, UDP sockets, and the metrics listener on
-``metrics_port + k``), keeps its own copy of every one, and hands slot *k*'s
-set to worker *k* of every generation, restarted or reloaded. The group's
-membership then never changes while the service runs, as in nginx:
+worker slot *k* (TCP listeners, UDP sockets, and the metrics and health
+listeners on ``metrics_port + k`` and ``health_port + k``), keeps its own
+copy of every one, and hands slot *k*'s set to worker *k* of every
+generation, restarted or reloaded. The group's membership then never
+changes while the service runs, as in nginx:
 
 * a worker that dies takes no socket with it: connections and datagrams for
   its slot wait in the socket's queue for its replacement;
 * a reload's new worker *k* and the draining old one share slot *k*'s
   sockets: the old one stops accepting at once (it closes only its copy), the
   new one accepts from the same queue, nothing is refused in between; the
-  old one gives up its UDP sockets once its DTLS peers are gone;
-* the metrics port of a slot is never bound twice, so a new generation never
-  waits for (or fails on) the old one's port.
+  old one stops reading its UDP sockets once its drain is over;
+* the metrics and health ports of a slot are never bound twice, so a new
+  generation never waits for (or fails on) the old one's ports; the old
+  worker stops accepting on them as soon as it is told it was replaced
+  (:mod:`.lifeline`), so that only the new one answers ``/readyz``.
 
 When the service stops, the supervisor closes its copies (so, once the
 workers have closed theirs, new connections are refused rather than queued).
@@ -58,11 +61,14 @@ class SlotSockets:
     """Bound UDP sockets for DTLS."""
     metrics: list[socket.socket] = field(default_factory=list)
     """Listening TCP sockets for the metrics endpoint of this slot."""
+    health: list[socket.socket] = field(default_factory=list)
+    """Listening TCP sockets for the health endpoint of this slot."""
 
     def __iter__(self) -> Iterator[socket.socket]:
         yield from self.tcp
         yield from self.udp
         yield from self.metrics
+        yield from self.health
 
     def close(self) -> None:
         """Close this process's copies (other processes keep theirs)."""
@@ -79,8 +85,11 @@ def open_slot_sockets(
     dtls: bool = True,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    health_port: int | None = None,
+    health_host: str = "127.0.0.1",
 ) -> list[SlotSockets]:
-    """*count* sets of sockets on *port*, set *k* with its metrics on ``metrics_port + k``.
+    """*count* sets of sockets on *port*; set *k* has its metrics on ``metrics_port + k``
+    and its health endpoint on ``health_port + k``.
 
     Blocking (the supervisor runs no event loop). Raises
     :class:`~trio_tls_dtls.core.errors.ListenError` naming the port if any
@@ -88,8 +97,9 @@ def open_slot_sockets(
     a port out of range (nothing stays open then).
     """
     validate_port(port)
-    if metrics_port is not None:
-        validate_port(metrics_port + count - 1, "metrics port")
+    for name, first in (("metrics port", metrics_port), ("health port", health_port)):
+        if first is not None:
+            validate_port(first + count - 1, name)
     slots: list[SlotSockets] = []
     try:
         if tls:
@@ -107,6 +117,8 @@ def open_slot_sockets(
                 slot.metrics = _bind_all(
                     metrics_port + index, metrics_host, "TCP", socket.SOCK_STREAM
                 )
+            if health_port is not None:
+                slot.health = _bind_all(health_port + index, health_host, "TCP", socket.SOCK_STREAM)
     except BaseException:
         for slot in slots:
             slot.close()

@@ -9,9 +9,8 @@ ordinary service. Because the contexts were built before the fork, every
 worker holds the same session-ticket keys (OpenSSL makes them when a context
 is created) and the same cookie secret: a session resumes, and a cookie
 verifies, whichever worker the kernel hands the next connection or datagram
-to. Every worker watches a pipe only the parent holds open
-(:mod:`.lifeline`): when the parent is gone, however it went, the workers
-drain and exit.
+to. Each worker has a lifeline to the parent (:mod:`.lifeline`): when the
+parent is gone, however it went, the worker drains and exits.
 
 The parent:
 
@@ -19,20 +18,29 @@ The parent:
   the keys stay shared), after a backoff that doubles with each restart of
   that worker slot in the last ``restart_window`` seconds
   (``restart_backoff`` up to ``max_backoff``), and at most ``max_restarts``
-  times per slot and window (:class:`RestartBudget`); beyond that it stops
-  everything and exits 1 rather than spin in a crash loop. Signals are still
-  handled while a restart waits;
+  times per slot and window (:class:`~.restart_budget.RestartBudget`);
+  beyond that it stops everything and exits 1 rather than spin in a crash
+  loop. Signals are still handled while a restart waits;
 * on SIGINT/SIGTERM sends SIGTERM to every worker (each drains as a single
   process does), waits for them, and exits 0 if they all drained; a second
   signal is passed on as well (each worker then stops at once) and the
   exit status is 1. The parent reads signals by the same table and
   drain-then-stop rule as the workers (:mod:`trio_tls_dtls.service.signals`),
   with ``sigtimedwait`` instead of Trio;
-* on SIGHUP calls *prepare* again (new certificates, new ticket keys, the
-  same cookie secret if it comes from a file), starts a new generation of
-  workers from it and drains the old one. If *prepare* fails (a bad file),
-  the running workers are kept and the reason is logged. A SIGHUP while
-  stopping is ignored: a new generation would only be stopped in turn.
+* on SIGHUP calls *prepare* again (new certificates, the same
+  session-ticket keys, the cookie secret read again if it comes from a
+  file), starts a new generation of workers from it and drains the old one
+  (told by its lifeline that it was replaced, or, with ``tell_replaced``
+  off, by SIGTERM); an older generation still draining is left alone. If
+  *prepare* fails (a bad file), the running workers are kept and the reason
+  is logged. A SIGHUP while stopping is ignored: a new generation would
+  only be stopped in turn;
+* does the same when *reload_due* says so: :func:`shared_state_factory`'s
+  says so when the certificate files changed (looked at every
+  ``reload_interval``) and when the session-ticket keys are due to rotate
+  (every ``ticket_key_rotation``). Both happen here, not in the workers, so
+  that every worker keeps one set of keys; a new generation is how a worker
+  gets new ones.
 
 Each worker runs :func:`~trio_tls_dtls.service.serving_process.serve_process`,
 exactly as a single process does, in a process group of its own (so that
@@ -55,20 +63,21 @@ from functools import partial
 from typing import Generic, TypeVar, cast
 
 import trio
-from OpenSSL import SSL
 
-from ..core.contexts import build_server_context
-from ..core.dtls_cookie import CookieSecrets
 from ..core.errors import ConfigError, TLSDError
 from ..core.settings import ServerSettings
-from ..drivers.dtls.server import DTLSHandler, cookie_secrets_for, dtls_echo_handler
+from ..drivers.dtls.server import DTLSHandler, dtls_echo_handler
 from ..drivers.tls.server import TLSHandler, echo_handler
-from .lifeline import Lifeline
+from .cpu_quota import usable_cpus
+from .lifeline import Lifelines
 from .log_format import status_line
 from .restart_budget import RestartBudget, restart_delay
+from .sd_notify import Notifier, process_notifier
 from .service import Service
-from .serving_process import ProcessHooks, serve_process
+from .serving_process import OperatorPorts, ProcessHooks, serve_process
+from .shared_state import SharedState, SharedStateSource, shared_state_factory
 from .signals import HANDLED_SIGNALS, Request, StopRequests
+from .supervisor_notify import WAITING_POLL, NotifyRelay
 from .worker_sockets import open_slot_sockets
 
 __all__ = [
@@ -92,9 +101,14 @@ _POLL = 0.5
 
 
 def worker_count(value: int | str) -> int:
-    """``auto`` (the CPU count) or a positive integer; a ConfigError otherwise."""
+    """``auto`` (the usable CPUs, see :mod:`.cpu_quota`) or a positive integer.
+
+    A ConfigError otherwise. ``auto`` logs what it decided and why.
+    """
     if value == "auto":
-        return os.cpu_count() or 1
+        decision = usable_cpus()
+        logger.info("workers auto: %d (%s)", decision.count, decision.reason)
+        return decision.count
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f'workers must be a positive integer or "auto", not {value!r}')
     return value
@@ -106,7 +120,7 @@ class _Worker:
     generation: int
     pid: int
     draining: bool = False
-    """Sent its first SIGTERM (a stop, or a reload that replaced it)."""
+    """Told to stop (a SIGTERM, or replaced by a reload): a second SIGTERM would cut it."""
 
 
 @dataclass
@@ -116,29 +130,37 @@ class Supervisor(Generic[P]):
     *prepare* runs in the parent (at start and on SIGHUP) and returns the
     state every worker inherits; *run_worker(index, state)* runs in each
     forked child and returns its exit status (in the child, :attr:`lifeline`
-    is the fd to watch for the parent's end). *on_stopping* is called once,
-    in the parent, when the workers are told to stop.
+    is the fd of its :mod:`.lifeline`). *reload_due(now)*, if given, is asked
+    about twice a second (*now* is ``time.monotonic()``): a reason in words
+    rolls the workers as SIGHUP does. With *tell_replaced*, a reload tells
+    the old workers through their lifelines that they were replaced (they
+    must watch it, as :func:`~.serving_process.serve_process` does);
+    without, it sends them SIGTERM. *on_stopping* is called once, in the
+    parent, when the workers are told to stop.
     """
 
     count: int
     prepare: Callable[[], P]
     run_worker: Callable[[int, P], int]
+    reload_due: Callable[[float], str | None] | None = None
     max_restarts: int = 10
     restart_window: float = 60.0
     restart_backoff: float = 0.1
     """Delay before the first restart in a window; doubled for each later one."""
     max_backoff: float = 5.0
+    tell_replaced: bool = False
     on_stopping: Callable[[], object] | None = None
     restarts: int = 0
     """Workers restarted after an unexpected exit so far."""
     lifeline: int | None = None
-    """In a worker: the read end of the parent's :class:`~.lifeline.Lifeline`."""
+    """In a worker: the read end of its lifeline."""
     _workers: dict[int, _Worker] = field(default_factory=dict)
     _budget: RestartBudget = field(init=False)
-    _lifeline: Lifeline | None = None
+    _lifelines: Lifelines = field(default_factory=Lifelines)
     _pending: dict[int, float] = field(default_factory=dict)  # index -> when to restart
     _generation: int = 0
     _state: P | None = None
+    _notify: NotifyRelay = field(default_factory=lambda: NotifyRelay(Notifier()))
 
     def __post_init__(self) -> None:
         self._budget = RestartBudget(
@@ -148,14 +170,14 @@ class Supervisor(Generic[P]):
     def run(self) -> int:
         """Start the workers and supervise them until they have all stopped; the exit status."""
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED_SIGNALS)
-        self._lifeline = Lifeline()
         try:
             return self._supervise(old_mask)
         finally:
-            # Every worker has exited (or the parent is failing: then the
-            # workers see the end of their lifeline and drain).
-            self._lifeline.close()
+            # Every worker has exited; or the parent is failing, and its
+            # workers see the end of their lifelines and drain.
+            self._lifelines.close()
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            self._notify.close()
 
     @property
     def pids(self) -> list[int]:
@@ -165,6 +187,7 @@ class Supervisor(Generic[P]):
     # -- the parent's loop ---------------------------------------------------------
 
     def _supervise(self, old_mask: _Mask) -> int:
+        self._notify = NotifyRelay(process_notifier())  # systemd hears the supervisor only
         self._state = self.prepare()
         for index in range(self.count):
             self._spawn(index, old_mask)
@@ -173,6 +196,7 @@ class Supervisor(Generic[P]):
         failed = False
         while self._workers or (self._pending and not stops.draining):
             info = signal.sigtimedwait(_WAITED_SIGNALS, self._wait_time())
+            self._notify.poll(self._workers, self.pids_of(self._generation), self.count)
             for worker, status in self._reap():
                 current = worker.generation == self._generation
                 if stops.draining or not current:
@@ -206,6 +230,10 @@ class Supervisor(Generic[P]):
                 self._restart_due(old_mask)
             if info is not None:
                 self._on_signal(info.si_signo, stops, old_mask)
+            due = self.reload_due
+            if due is not None and not stops.draining and (why := due(time.monotonic())):
+                logger.info("%s: reloading", why)
+                self._reload(old_mask)
         return stops.exit_status(failed=failed)
 
     def _on_signal(self, signum: int, stops: StopRequests, old_mask: _Mask) -> None:
@@ -214,6 +242,7 @@ class Supervisor(Generic[P]):
         name = signal.Signals(signum).name
         if request is Request.DRAIN:
             logger.info("%s received: draining %d workers", name, len(self._workers))
+            self._notify.stopping()
             self._stop_all()
         elif request is Request.STOP_NOW:
             # One SIGTERM each again: every worker then counts its second and cuts.
@@ -226,14 +255,24 @@ class Supervisor(Generic[P]):
     def _stop_all(self) -> None:
         """The first stop: a worker waiting to restart stays down, the others drain."""
         self._pending.clear()
-        self._drain(list(self._workers.values()))
+        for worker in list(self._workers.values()):
+            self._drain(worker)
         if self.on_stopping is not None:
             self.on_stopping()
+
+    def _drain(self, worker: _Worker, *, replaced: bool = False) -> None:
+        """Tell *worker* to drain, once: a second SIGTERM would cut its drain."""
+        if worker.draining:
+            return
+        worker.draining = True
+        if not (replaced and self.tell_replaced and self._lifelines.tell_replaced(worker.pid)):
+            _kill(worker.pid, signal.SIGTERM)
 
     def _spawn(self, index: int, old_mask: _Mask) -> None:
         state = cast(P, self._state)  # set by prepare() before any spawn; P may be None
         sys.stdout.flush()
         sys.stderr.flush()
+        pipe = self._lifelines.before_fork()
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
@@ -243,9 +282,9 @@ class Supervisor(Generic[P]):
                 # SIGTERM on. Were the worker to get both, it would take the
                 # second for "stop now" and skip the drain.
                 os.setpgid(0, 0)
-                assert self._lifeline is not None  # made by run() before any spawn
-                self.lifeline = self._lifeline.in_worker()
+                self.lifeline = self._lifelines.in_worker(pipe)
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                self._notify.in_worker()
                 status = self.run_worker(index, state)
             except BaseException:
                 traceback.print_exc()
@@ -253,6 +292,7 @@ class Supervisor(Generic[P]):
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(status)
+        self._lifelines.in_supervisor(pid, pipe)
         self._workers[pid] = _Worker(index, self._generation, pid)
 
     def _reap(self) -> list[tuple[_Worker, int]]:
@@ -265,6 +305,7 @@ class Supervisor(Generic[P]):
             if pid == 0:
                 break
             worker = self._workers.pop(pid, None)
+            self._lifelines.ended(pid)
             if worker is not None:
                 ended.append((worker, os.waitstatus_to_exitcode(status)))
         return ended
@@ -279,10 +320,11 @@ class Supervisor(Generic[P]):
                 logger.info("worker %d restarted: pid %d", index, self._pid_of(index))
 
     def _wait_time(self) -> float:
+        poll = WAITING_POLL if self._notify.waiting else _POLL  # owed: systemd's READY=1
         if not self._pending:
-            return _POLL
+            return poll
         soonest = min(self._pending.values()) - time.monotonic()
-        return min(_POLL, max(soonest, 0.001))
+        return min(poll, max(soonest, 0.001))
 
     def _pid_of(self, index: int) -> int:
         return max(
@@ -290,28 +332,24 @@ class Supervisor(Generic[P]):
             key=lambda w: w.generation,
         ).pid
 
-    def _drain(self, workers: list[_Worker]) -> None:
-        """One SIGTERM to each of *workers* not draining yet (a second would cut its drain)."""
-        for worker in workers:
-            if not worker.draining:
-                worker.draining = True
-                _kill(worker.pid, signal.SIGTERM)
-
     def _reload(self, old_mask: _Mask) -> None:
+        self._notify.reloading()
         try:
             state = self.prepare()
         except TLSDError as exc:
             logger.error("reload failed, keeping the running workers: %s", exc)
+            self._notify.reload_failed()
             return
         # Only the current generation: an older one still draining from an
-        # earlier reload must not take this SIGTERM for a second one.
+        # earlier reload must not take this for a second stop request.
         old = [w for w in self._workers.values() if w.generation == self._generation]
         self._pending.clear()  # the new generation starts every index
         self._state = state
         self._generation += 1
         for index in range(self.count):
             self._spawn(index, old_mask)
-        self._drain(old)
+        for worker in old:
+            self._drain(worker, replaced=True)
         logger.info(
             "reloaded: new workers %s started, old workers %s draining",
             self.pids_of(self._generation),
@@ -337,47 +375,7 @@ def _describe_status(code: int) -> str:
     return f"exit status {code}"
 
 
-# -- what the workers share, and a library entry point ---------------------------
-
-
-@dataclass(frozen=True)
-class SharedState:
-    """What every worker inherits from the parent: one set of keys for all.
-
-    The contexts carry the session-ticket keys OpenSSL made when they were
-    created; *cookies* is the DTLS cookie secret.
-    """
-
-    tls: SSL.Context | None
-    dtls: SSL.Context | None
-    cookies: CookieSecrets | None
-
-
-def shared_state_factory(
-    settings: ServerSettings, *, tls: bool = True, dtls: bool = True
-) -> Callable[[], SharedState]:
-    """A *prepare* function for :class:`Supervisor`, to run in the parent.
-
-    Each call builds new contexts (so new ticket keys) from the files in
-    *settings*. The cookie secret is read from ``settings.cookie_secret_file``
-    on each call when one is set; otherwise one random secret is made now,
-    once, and every call (every reload) returns that same secret.
-    """
-    random_cookies = None
-    if dtls and settings.cookie_secret_file is None:
-        random_cookies = cookie_secrets_for(settings)
-
-    def prepare() -> SharedState:
-        cookies = random_cookies
-        if dtls and settings.cookie_secret_file is not None:
-            cookies = cookie_secrets_for(settings)
-        return SharedState(
-            tls=build_server_context(settings) if tls else None,
-            dtls=build_server_context(settings, dtls=True) if dtls else None,
-            cookies=cookies,
-        )
-
-    return prepare
+# -- a library entry point -------------------------------------------------------
 
 
 def serve_workers(
@@ -393,8 +391,7 @@ def serve_workers(
     max_restarts: int = 10,
     restart_window: float = 60.0,
     hooks: ProcessHooks | None = None,
-    metrics_port: int | None = None,
-    metrics_host: str = "127.0.0.1",
+    operator: OperatorPorts | None = None,
 ) -> int:
     """Serve on *port* from *count* supervised worker processes; the exit status.
 
@@ -405,8 +402,8 @@ def serve_workers(
     :func:`~trio_tls_dtls.service.serving_process.serve_process`: it prints
     ``trio-tlsd: worker K (pid P): serving ...`` when it is bound (or what
     ``hooks.on_serving`` prints), and a summary line when it stops. *port*
-    must not be 0. With *metrics_port* P, worker K answers ``GET /metrics``
-    on *metrics_host*:P+K (its own counters).
+    must not be 0. With *operator* ports P (metrics, health), worker K
+    answers on P+K, with its own counters.
 
     Every port is bound here, before any worker starts (see
     :mod:`.worker_sockets`): a port in use raises
@@ -415,14 +412,17 @@ def serve_workers(
     if port == 0:
         raise ConfigError("serve_workers needs a fixed port (with port 0 each would get its own)")
     count = worker_count(count)
+    ports = operator if operator is not None else OperatorPorts()
     slots = open_slot_sockets(
         count,
         port,
         host,
         tls=tls,
         dtls=dtls,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
+        metrics_port=ports.metrics_port,
+        metrics_host=ports.metrics_host,
+        health_port=ports.health_port,
+        health_host=ports.health_host,
     )
 
     def run_worker(index: int, shared: SharedState) -> int:
@@ -455,12 +455,15 @@ def serve_workers(
         for sockets in slots:
             sockets.close()
 
+    source = SharedStateSource(settings, tls=tls, dtls=dtls)
     supervisor = Supervisor(
         count,
-        shared_state_factory(settings, tls=tls, dtls=dtls),
+        source,
         run_worker,
+        reload_due=source.reload_due,
         max_restarts=max_restarts,
         restart_window=restart_window,
+        tell_replaced=True,
         # Once the workers drain, a new connection is refused, not queued
         # for nobody.
         on_stopping=close_slots,

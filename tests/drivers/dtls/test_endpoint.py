@@ -246,7 +246,9 @@ async def test_1000_peers_stay_then_age_out(pki: PKIFiles) -> None:
         async with trio.open_nursery() as nursery:
             for _ in range(1000):
                 nursery.start_soon(connect)
-        assert server.stats.handshakes_ok == 1000
+        # Most of them resumed the first one's session; in a resumed handshake
+        # the client sends the last message, so the server may count it later.
+        await wait_for(lambda: server.stats.handshakes_ok == 1000)
         assert len(server.peers) == 1000
         await wait_for(lambda: server.stats.peers_active == 0, limit=60)
         assert server.stats.idle_timeouts == 1000

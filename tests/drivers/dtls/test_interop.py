@@ -486,9 +486,11 @@ CONSECUTIVE = 3
 CONCURRENT = 8
 
 
-async def connect_echo_close(port: int, settings: ClientSettings, results: list[str]) -> None:
+async def connect_echo_close(
+    port: int, settings: ClientSettings, results: list[str], resume: bool = True
+) -> None:
     channel = await open_dtls_channel(
-        "127.0.0.1", port, settings=settings, server_hostname="localhost"
+        "127.0.0.1", port, settings=settings, server_hostname="localhost", resume=resume
     )
     await echo_datagrams(channel, 2)
     await channel.aclose()
@@ -496,14 +498,16 @@ async def connect_echo_close(port: int, settings: ClientSettings, results: list[
     results.append(channel.info.subject)
 
 
-async def many_connections(port: int, settings: ClientSettings) -> list[str]:
+async def many_connections(
+    port: int, settings: ClientSettings, *, resume: bool = True
+) -> list[str]:
     """CONSECUTIVE connections one after another, then CONCURRENT at once, all with *settings*."""
     results: list[str] = []
     for _ in range(CONSECUTIVE):
-        await connect_echo_close(port, settings, results)
+        await connect_echo_close(port, settings, results, resume)
     async with trio.open_nursery() as nursery:
         for _ in range(CONCURRENT):
-            nursery.start_soon(connect_echo_close, port, settings, results)
+            nursery.start_soon(connect_echo_close, port, settings, results, resume)
     return results
 
 
@@ -522,7 +526,12 @@ async def test_one_client_settings_against_serve_dtls(pki: PKIFiles) -> None:
 async def test_one_client_settings_against_trio_server(pki: PKIFiles) -> None:
     settings = pki.client_settings(with_cert=True)
     async with running_trio_server(pki, require_client_cert=True) as server:
-        subjects = await many_connections(server.port, settings)
+        # Full handshakes: each one must verify our certificate. (A resumption
+        # attempt would also crash trio's endpoint: a context that verifies
+        # clients needs a session ID context, which this one, like trio's
+        # examples, does not set; OpenSSL fails the handshake and
+        # DTLSEndpoint.serve lets that error out of its nursery.)
+        subjects = await many_connections(server.port, settings, resume=False)
         await server.wait_closed_by_clients(CONSECUTIVE + CONCURRENT)
     assert subjects == [SERVER_SUBJECT] * (CONSECUTIVE + CONCURRENT)
     assert server.client_subjects == [CLIENT_SUBJECT] * (CONSECUTIVE + CONCURRENT)

@@ -30,12 +30,16 @@ from ...core.errors import ConfigError, TLSDError
 from ..flag_values import positive_int
 from ..targets import Target, TargetError, connect_failure, parse_target
 from .config import MODES, PROTOS, BenchConfig
-from .load import PhaseResult, open_connection, run_worker
+from .load import PhaseResult, datagram_limit, open_connection, run_worker
 from .report import BenchReport, merge, require_matplotlib
 
 __all__ = ["add_parser", "run", "run_bench"]
 
 _BARRIER_TIMEOUT = 120.0
+
+# Exit status of a run in which some operations failed (2 is bad input or a
+# target that cannot be reached at all, as everywhere in trio-tlsd).
+EXIT_FAILED_OPERATIONS = 1
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -76,9 +80,12 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--sizes",
         type=_sizes,
-        default=(64, 1024, 16384),
+        default=(),
         metavar="B,B,...",
-        help="message sizes in bytes (default: 64,1024,16384)",
+        help="message sizes in bytes (default: 64,1024,16384; dtls: 64,1024). A DTLS "
+        "message is one record in one datagram: at most the MTU (1200) less the 13-byte "
+        "record header and the cipher's overhead (1163 bytes with AES-GCM); the first "
+        "connection measures the limit and a larger size is refused",
     )
     amount = p.add_mutually_exclusive_group()
     amount.add_argument(
@@ -161,25 +168,38 @@ def run(args: argparse.Namespace) -> int:
         report.write_json(args.json)
     if args.plot is not None:
         report.plot(args.plot)
-    if report.ops == 0 and report.errors:
-        print("trio-tlsd bench: every operation failed", file=sys.stderr)
-        return 1
+    if report.errors:
+        # A benchmark whose operations failed measured something else: say so
+        # in the exit status too, so that scripts and CI notice.
+        failed = (
+            "every operation failed"
+            if report.ops == 0
+            else f"{report.errors} of {report.ops + report.errors} operations failed"
+        )
+        print(f"trio-tlsd bench: {failed} (see the errors in the table)", file=sys.stderr)
+        return EXIT_FAILED_OPERATIONS
     return 0
 
 
 def preflight(cfg: BenchConfig) -> None:
-    """One connection (and one echo) now, so a bad target is one clear error."""
+    """One connection (and one echo) now, so a bad target is one clear error.
 
-    async def check() -> None:
-        settings = cfg.client_settings()
+    Over DTLS it also measures the largest message one record carries (the
+    MTU less the record header and the negotiated cipher's overhead) and
+    refuses a size above it: every operation of that size would fail.
+    """
+    settings = cfg.client_settings()
+
+    async def check() -> tuple[int, str | None] | None:
         try:
             with trio.fail_after(cfg.handshake_timeout + cfg.op_timeout):
-                conn, _ = await open_connection(cfg, settings)
+                conn = await open_connection(cfg, settings)
                 try:
                     # Even for handshakes: a TLS 1.3 client finishes its side
                     # before the server has judged its certificate, so only
                     # a round trip shows that the server accepted us.
                     await conn.round_trip(b"preflight")
+                    return datagram_limit(conn)
                 finally:
                     await conn.aclose()
         except trio.TooSlowError:
@@ -190,7 +210,20 @@ def preflight(cfg: BenchConfig) -> None:
         except (OSError, TLSDError, trio.BrokenResourceError, ValueError) as exc:
             raise connect_failure(exc, cfg.proto, Target(cfg.host, cfg.port)) from None
 
-    trio.run(check)
+    limit = trio.run(check)
+    if limit is not None and cfg.mode != "handshake":
+        _check_sizes_fit(cfg, settings.mtu, *limit)
+
+
+def _check_sizes_fit(cfg: BenchConfig, mtu: int, limit: int, cipher: str | None) -> None:
+    too_big = [size for size in cfg.sizes if size > limit]
+    if not too_big:
+        return
+    if cfg.proto == "dtls":
+        where = f"a DTLS record at MTU {mtu} with {cipher} holds at most {limit} bytes"
+    else:
+        where = f"a UDP datagram holds at most {limit} bytes"
+    raise ConfigError(f"--sizes {too_big[0]}: {where}; give sizes up to {limit}")
 
 
 def run_bench(cfg: BenchConfig, *, progress: bool = False, check: bool = True) -> BenchReport:

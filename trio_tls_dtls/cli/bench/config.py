@@ -9,7 +9,7 @@ from typing import Literal
 from ...core.errors import ConfigError
 from ...core.settings import CertificateSettings, ClientSettings
 
-__all__ = ["MODES", "PROTOS", "BenchConfig", "Mode", "Proto"]
+__all__ = ["MODES", "PROTOS", "BenchConfig", "Mode", "Proto", "default_sizes"]
 
 Proto = Literal["tls", "dtls", "tcp", "udp"]
 Mode = Literal["handshake", "echo", "bulk"]
@@ -19,6 +19,17 @@ MODES: tuple[Mode, ...] = ("handshake", "echo", "bulk")
 # The largest UDP payload over IPv4; DTLS is limited further by the MTU.
 MAX_DATAGRAM = 65507
 
+STREAM_SIZES = (64, 1024, 16384)
+# One DTLS message is one record in one datagram of at most the MTU (1200 by
+# default): 16384 cannot fit, and 1200 cannot either (the record header and
+# the cipher's nonce and tag come out of it: at most 1163 bytes with AES-GCM).
+DTLS_SIZES = (64, 1024)
+
+
+def default_sizes(proto: Proto) -> tuple[int, ...]:
+    """The message sizes measured when none are given: ones that fit *proto*."""
+    return DTLS_SIZES if proto == "dtls" else STREAM_SIZES
+
 
 @dataclass(frozen=True, kw_only=True)
 class BenchConfig:
@@ -26,7 +37,8 @@ class BenchConfig:
 
     With ``count``, every client does ``count`` operations per size; with
     ``duration``, every client works for that many seconds per size.
-    Handshake mode ignores ``sizes``. Bulk mode keeps ``window`` messages in
+    Handshake mode ignores ``sizes``; empty ``sizes`` means
+    :func:`default_sizes` for *proto*. Bulk mode keeps ``window`` messages in
     flight per connection; echo mode keeps one.
     """
 
@@ -35,7 +47,7 @@ class BenchConfig:
     host: str
     port: int
     clients: int = 64
-    sizes: tuple[int, ...] = (64, 1024, 16384)
+    sizes: tuple[int, ...] = ()
     count: int = 100
     duration: float | None = None
     procs: int = 1
@@ -73,7 +85,7 @@ class BenchConfig:
         if self.duration is not None and not self.duration > 0:
             raise ConfigError(f"--duration must be positive, not {self.duration}")
         if not self.sizes:
-            raise ConfigError("--sizes needs at least one size")
+            object.__setattr__(self, "sizes", default_sizes(self.proto))
         for size in self.sizes:
             if size < 1:
                 raise ConfigError(f"message sizes must be at least 1 byte, not {size}")

@@ -9,8 +9,10 @@ percentiles happen in :mod:`.report`.
 Operations, per mode:
 
 * ``handshake``: connect, complete the handshake, close. The latency is
-  connect + handshake. With ``resume``, each client first makes one full
-  connection (not timed) to get a session, then resumes it every time.
+  connect + handshake. Without ``resume`` every handshake is a full one
+  (``resume=False``). With it, the clients share the session cache of their
+  process's settings object: one full connection (not timed, with one echo so
+  that TLS 1.3 tickets arrive) fills it, and every timed handshake resumes.
 * ``echo``: one persistent connection per client; send one message, wait
   for all of it to come back, repeat. The latency is one round trip.
 * ``bulk``: like echo, but ``window`` messages in flight per connection,
@@ -33,15 +35,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
-from OpenSSL import SSL
 
 from ...core.errors import HandshakeError, TLSDError
 from ...core.settings import ClientSettings
 from ...drivers.dtls.client import open_dtls_channel
 from ...drivers.tls.client import open_tls_stream
-from .config import BenchConfig
+from .config import MAX_DATAGRAM, BenchConfig
 
-__all__ = ["Connection", "PhaseResult", "open_connection", "run_worker"]
+__all__ = ["Connection", "PhaseResult", "datagram_limit", "open_connection", "run_worker"]
 
 _RECEIVE_MAX = 65536
 
@@ -99,7 +100,11 @@ class _StreamConnection:
 
 
 class _DatagramConnection:
-    """UDP or DTLS: one message is one datagram, echoed as one datagram."""
+    """UDP or DTLS: one message is one datagram, echoed as one datagram.
+
+    *limit* is the largest message one datagram carries: for DTLS, what one
+    record holds at the MTU with the negotiated *cipher*.
+    """
 
     def __init__(
         self,
@@ -107,11 +112,16 @@ class _DatagramConnection:
         receive: Callable[[], Awaitable[bytes]],
         close: Callable[[], Awaitable[None]],
         resumed: bool = False,
+        *,
+        limit: int = MAX_DATAGRAM,
+        cipher: str | None = None,
     ) -> None:
         self._send = send
         self._receive = receive
         self._close = close
         self.resumed = resumed
+        self.limit = limit
+        self.cipher = cipher
 
     async def round_trip(self, payload: bytes) -> None:
         await self._send(payload)
@@ -149,30 +159,45 @@ async def _udp_connection(host: str, port: int) -> _DatagramConnection:
     return _DatagramConnection(sock.send, receive, close)
 
 
-async def open_connection(
-    cfg: BenchConfig, settings: ClientSettings, session: SSL.Session | None = None
-) -> tuple[Connection, SSL.Session | None]:
-    """A connected (and handshaken) client for *cfg*, and its session if it has one."""
+async def open_connection(cfg: BenchConfig, settings: ClientSettings) -> Connection:
+    """A connected (and handshaken) client for *cfg*.
+
+    TLS and DTLS resume through *settings*' session cache with
+    ``cfg.resume``, and never without it.
+    """
     host, port = cfg.host, cfg.port
     if cfg.proto == "tcp":
-        return _StreamConnection(await trio.open_tcp_stream(host, port)), None
+        return _StreamConnection(await trio.open_tcp_stream(host, port))
     if cfg.proto == "udp":
-        return await _udp_connection(host, port), None
-    name = cfg.servername
+        return await _udp_connection(host, port)
+    name, resume = cfg.servername, cfg.resume
     if cfg.proto == "tls":
         stream = await open_tls_stream(
-            host, port, settings=settings, server_hostname=name, session=session
+            host, port, settings=settings, server_hostname=name, resume=resume
         )
-        return _StreamConnection(stream, stream.info.resumed), stream.session
+        return _StreamConnection(stream, stream.info.resumed)
     channel = await open_dtls_channel(
-        host, port, settings=settings, server_hostname=name, session=session
+        host, port, settings=settings, server_hostname=name, resume=resume
     )
 
     async def receive() -> bytes:
         return await channel.receive()
 
-    conn = _DatagramConnection(channel.send, receive, channel.aclose, channel.info.resumed)
-    return conn, channel.session
+    return _DatagramConnection(
+        channel.send,
+        receive,
+        channel.aclose,
+        channel.info.resumed,
+        limit=channel.max_message_size,
+        cipher=channel.info.cipher,
+    )
+
+
+def datagram_limit(conn: Connection) -> tuple[int, str | None] | None:
+    """The largest message *conn* can carry and the cipher that sets it; None for streams."""
+    if isinstance(conn, _DatagramConnection):
+        return conn.limit, conn.cipher
+    return None
 
 
 def error_kind(exc: BaseException) -> str:
@@ -211,36 +236,35 @@ Tick = Callable[[int], None]
 
 
 class _Client:
-    """One simulated client: its connection (kept across sizes) and session."""
+    """One simulated client: its connection (kept across sizes)."""
 
     def __init__(self, cfg: BenchConfig, settings: ClientSettings) -> None:
         self.cfg = cfg
         self.settings = settings
         self.conn: Connection | None = None
-        self.session: SSL.Session | None = None
 
     async def connect(self) -> Connection:
         with trio.fail_after(self.cfg.handshake_timeout + 1):
-            conn, session = await open_connection(self.cfg, self.settings, self.session)
-        self.conn = conn
-        if self.cfg.resume and self.session is None:
-            self.session = session
-        return conn
+            self.conn = await open_connection(self.cfg, self.settings)
+        return self.conn
 
     async def prime_session(self) -> None:
-        """A full handshake plus one echo, so TLS 1.3 tickets arrive; not timed."""
+        """A full handshake plus one echo (TLS 1.3 tickets arrive with it); not timed.
+
+        The session lands in the settings object's cache, which every
+        client of this process shares.
+        """
         try:
             with trio.fail_after(self.cfg.handshake_timeout + self.cfg.op_timeout):
-                conn, session = await open_connection(self.cfg, self.settings)
+                conn = await open_connection(self.cfg, self.settings)
                 try:
                     await conn.round_trip(b"x")
-                    self.session = _current_session(conn) or session
                 finally:
                     await conn.aclose()
         except (OSError, TLSDError, trio.TooSlowError, trio.BrokenResourceError):
-            # Without a session every timed handshake is a full one; the
-            # report's "resumed" count shows it.
-            self.session = None
+            # Then the first timed handshakes are full ones (and fill the
+            # cache); the report's "resumed" count shows it.
+            pass
 
     async def drop(self) -> None:
         conn, self.conn = self.conn, None
@@ -371,12 +395,6 @@ def _expected_failure(caught: BaseException) -> BaseException:
     return exc
 
 
-def _current_session(conn: Connection) -> SSL.Session | None:
-    stream = getattr(conn, "stream", None)
-    session = getattr(stream, "session", None)
-    return session if isinstance(session, SSL.Session) else None
-
-
 async def run_worker(
     cfg: BenchConfig,
     clients: int,
@@ -393,11 +411,11 @@ async def run_worker(
     pool = [_Client(cfg, settings) for _ in range(clients)]
     results: list[PhaseResult] = []
     try:
+        if cfg.resume and pool:
+            await pool[0].prime_session()  # one session, in the cache they share
         async with trio.open_nursery() as nursery:
             for client in pool:
-                if cfg.resume:
-                    nursery.start_soon(client.prime_session)
-                elif cfg.mode != "handshake":
+                if cfg.mode != "handshake":
                     nursery.start_soon(_connect_quietly, client)
         for size in cfg.phase_sizes:
             await phase_barrier()

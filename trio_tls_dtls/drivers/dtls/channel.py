@@ -12,8 +12,10 @@ we send it again. OpenSSL doubles the timer on each retry.
 
 Concurrency: one task may ``send`` while another ``receive``\\ s; two
 concurrent receivers (or senders) get ``BusyResourceError``. The handshake
-may run in a worker thread; the engine lock keeps every other engine call
-off the SSL object meanwhile. Cancellation is safe everywhere: a cancelled
+may run in a worker thread: every engine call goes through the channel's
+:class:`~trio_tls_dtls.drivers.engine_guard.EngineGuard`, which decides what
+runs in a thread and keeps every other engine call off the SSL object
+meanwhile. Cancellation is safe everywhere: a cancelled
 receive has taken nothing from the link, and a cancelled send at worst loses
 that one datagram, which DTLS tolerates by design.
 """
@@ -24,7 +26,6 @@ import contextlib
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar
 
 import trio
 from OpenSSL import SSL
@@ -33,12 +34,11 @@ from ...core.engine import DTLSEngine
 from ...core.errors import HandshakeError, TLSError
 from ...core.peer_info import Address, PeerInfo
 from ..conflict_detector import ConflictDetector
+from ..engine_guard import EngineGuard
 from ..offload import CryptoOffload
 from .link import DatagramLink
 
 __all__ = ["DTLSChannel"]
-
-T = TypeVar("T")
 
 
 class DTLSChannel(trio.abc.Channel[bytes]):
@@ -62,10 +62,13 @@ class DTLSChannel(trio.abc.Channel[bytes]):
     ) -> None:
         self.peer_address = peer_address
         self.on_activity = on_activity
-        """Called whenever a datagram moves (the server's idle timer uses it)."""
+        """Called when application data moves: a ``receive`` returns (a datagram,
+        or the end after the peer's close_notify) or a ``send`` completes. The
+        server's idle deadline uses it; datagrams that carry no data (handshake
+        retransmissions, records that fail authentication) never call it."""
         self._link = link
         self._engine = engine
-        self._offload = offload if offload is not None else CryptoOffload()
+        self._guard = EngineGuard(engine, offload)
         # Lists, not deques: a deque allocates a 64-slot block at once.
         self._inbox: list[bytes] = []
         self._handshake_done = False
@@ -73,7 +76,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         self._closed = False
         self._broken: str | None = None
         self._handshake_lock = trio.Lock()
-        self._engine_lock = trio.Lock()
+        self._goodbye: list[bytes] | None = None  # our close_notify, to send again
         self._send_conflict = ConflictDetector("another task is already sending on this channel")
         self._receive_conflict = ConflictDetector(
             "another task is already receiving on this channel"
@@ -97,6 +100,15 @@ class DTLSChannel(trio.abc.Channel[bytes]):
     @property
     def handshake_done(self) -> bool:
         return self._handshake_done
+
+    @property
+    def local_address(self) -> Address | None:
+        """Our end of the association: the UDP socket's (host, port), or None if closed.
+
+        On a server bound to a wildcard address this is the wildcard
+        (``0.0.0.0`` or ``::``) with the port.
+        """
+        return self._link.local_address
 
     @property
     def peer_closed(self) -> bool:
@@ -124,20 +136,12 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         if self.on_activity is not None:
             self.on_activity()
 
-    async def _engine_inline(self, fn: Callable[[], T]) -> T:
-        if self._engine_lock.locked():
-            async with self._engine_lock:
-                return fn()
-        return fn()
-
     async def _flush(self) -> None:
         """Send every datagram the engine has queued."""
-        datagrams = await self._engine_inline(self._engine.datagrams_to_send)
+        datagrams = await self._guard.inline(self._engine.datagrams_to_send)
         for datagram in datagrams:
             await self._link.send(datagram)
             self.datagrams_sent += 1
-        if datagrams:
-            self._activity()
 
     async def _next_datagram(self, deadline: float) -> bytes | None:
         """The next datagram from the peer, or None if *deadline* passed first."""
@@ -161,7 +165,6 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         except (trio.ClosedResourceError, OSError) as exc:
             raise trio.BrokenResourceError(f"datagram link failed: {exc}") from exc
         self.datagrams_received += 1
-        self._activity()
         return datagram
 
     def _timer_deadline(self) -> float:
@@ -170,7 +173,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
 
     async def _on_timer(self) -> None:
         """OpenSSL's retransmit timer fired: let it resend its last flight."""
-        if await self._engine_inline(self._engine.handle_timeout):
+        if await self._guard.inline(self._engine.handle_timeout):
             await self._flush()
 
     # -- handshake -------------------------------------------------------------
@@ -199,13 +202,9 @@ class DTLSChannel(trio.abc.Channel[bytes]):
 
     async def _handshake_steps(self) -> None:
         engine = self._engine
-        offload = self._offload.offloads_handshakes()
+        guard = self._guard
         while True:
-            if offload and engine.next_step_is_costly():
-                async with self._engine_lock:
-                    done = await self._offload.run(engine.do_handshake)
-            else:
-                done = await self._engine_inline(engine.do_handshake)
+            done = await guard.handshake_step()
             await self._flush()
             if done:
                 break
@@ -214,7 +213,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
                 datagram = await self._next_datagram(self._timer_deadline())
                 if datagram is None:
                     await self._on_timer()
-            await self._engine_inline(partial(engine.receive_datagram, datagram))
+            await guard.inline(partial(engine.receive_datagram, datagram))
         self._info = engine.peer_info(self.peer_address, transport="dtls")
         self._handshake_done = True
 
@@ -236,7 +235,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
             if not self._handshake_done:
                 await self._implicit_handshake()
             try:
-                await self._engine_inline(lambda: self._engine.send_message(value))
+                await self._guard.inline(lambda: self._engine.send_message(value))
             except TLSError as exc:
                 self._broken = str(exc)
                 raise trio.BrokenResourceError(str(exc)) from exc
@@ -247,6 +246,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
                     raise trio.ClosedResourceError("this DTLS channel was closed") from exc
                 raise trio.BrokenResourceError(f"datagram send failed: {exc}") from exc
             self.bytes_sent += len(value)
+            self._activity()
             # A server's link sends without yielding when the kernel takes the
             # datagram at once; a send is still a schedule point.
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -261,6 +261,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
             yielded = False
             while not self._inbox:
                 if self._engine.peer_closed:
+                    self._activity()
                     raise trio.EndOfChannel
                 yielded = True
                 await self._receive_more()
@@ -268,6 +269,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             message = self._inbox.pop(0)
             self.bytes_received += len(message)
+            self._activity()
             return message
 
     async def _receive_more(self) -> None:
@@ -288,7 +290,9 @@ class DTLSChannel(trio.abc.Channel[bytes]):
             return engine.receive_messages()
 
         try:
-            messages = await self._engine_inline(decrypt)
+            # One datagram is at most one 16 KiB record: always cheaper than
+            # a thread hop, so DTLS records never ask guard.record.
+            messages = await self._guard.inline(decrypt)
         except TLSError as exc:
             self._broken = str(exc)
             raise trio.BrokenResourceError(str(exc)) from exc
@@ -310,13 +314,23 @@ class DTLSChannel(trio.abc.Channel[bytes]):
 
         The peer learns we are done; ``receive`` keeps returning what it
         still sends until its own close_notify (``trio.EndOfChannel``).
+        Called again, it sends the same datagram again: UDP may have lost
+        it, and a peer that had it drops the copy (DTLS replay protection).
         """
         with self._send_conflict:
             self._check_usable()
             if not self._handshake_done:
                 raise trio.BrokenResourceError("no DTLS session to close yet")
-            await self._engine_inline(self._engine.close)
-            await self._flush_best_effort()
+            if self._goodbye is None:
+                await self._guard.inline(self._engine.close)
+                self._goodbye = await self._guard.inline(self._engine.datagrams_to_send)
+            with (
+                trio.move_on_after(1.0),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+            ):
+                for datagram in self._goodbye:
+                    await self._link.send(datagram)
+                    self.datagrams_sent += 1
 
     async def aclose(self) -> None:
         """Send close_notify (best effort: it is one datagram) and release the link."""
@@ -325,7 +339,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
             return
         self._closed = True
         try:
-            if self._handshake_done and self._broken is None and not self._engine_lock.locked():
+            if self._handshake_done and self._broken is None and not self._guard.busy:
                 self._engine.close()
                 await self._flush_best_effort()
             else:

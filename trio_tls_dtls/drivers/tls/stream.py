@@ -5,11 +5,10 @@ The concurrency contract, which everything below exists to keep:
 * ``trio.abc.Stream`` allows one task in ``send_all`` (or
   ``wait_send_all_might_not_block``) and one task in ``receive_some`` at the
   same time; a second caller of either gets ``BusyResourceError``.
-* Both directions share one OpenSSL object. On the event loop that is safe,
-  because Trio switches tasks only at ``await``. Offloaded calls break that
-  assumption, so an engine call that runs in a worker thread holds
-  ``_engine_lock``, and every inline engine call first waits for that lock
-  if it is held. One SSL object, one thread at a time.
+* Both directions share one OpenSSL object. Every engine call goes through
+  the stream's :class:`~trio_tls_dtls.drivers.engine_guard.EngineGuard`,
+  which keeps it to one thread at a time and decides which calls run in a
+  worker thread (a costly handshake step, a very large record).
 * Ciphertext must reach the transport in the order the engine produced it,
   but both directions produce some (``receive_some`` can owe the peer an
   alert or a KeyUpdate reply). So bytes leave the engine only while holding
@@ -34,7 +33,6 @@ import operator
 import os
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar
 
 import trio
 from OpenSSL import SSL
@@ -43,11 +41,10 @@ from ...core.engine import TLSEngine
 from ...core.errors import HandshakeError, TLSError
 from ...core.peer_info import Address, PeerInfo
 from ..conflict_detector import ConflictDetector
+from ..engine_guard import EngineGuard
 from ..offload import CryptoOffload
 
 __all__ = ["TLSStream"]
-
-T = TypeVar("T")
 
 DEFAULT_RECEIVE_SIZE = 64 * 1024
 
@@ -98,16 +95,19 @@ class TLSStream(trio.abc.Stream):
         # server, after a PROXY header): the engine takes it before anything
         # the socket holds, and the direct-read fast path stays as it is.
         engine.receive_bytes(initial_data)
-        self._offload = offload if offload is not None else CryptoOffload()
+        self._guard = EngineGuard(engine, offload)
         self._receive_size = receive_size
         self.on_activity = on_activity
-        """Called whenever ciphertext moves (the server's idle timer uses it)."""
+        """Called when application data moves: a ``receive_some`` returns (data, or
+        b"" after the peer's close_notify) or a ``send_all`` completes. The
+        server's idle deadline uses it. Ciphertext alone never calls it: a
+        record trickled a byte at a time, or one that carries no data
+        (KeyUpdate, session tickets), is not activity."""
         self._state = _State.OK
         self._send_broken = False
         self._handshake_done = False
         self._info: PeerInfo | None = None
         self._handshake_lock: trio.Lock | None = trio.Lock()
-        self._engine_lock = trio.Lock()
         self._send_lock = trio.StrictFIFOLock()
         self._send_conflict = ConflictDetector("another task is already sending on this TLSStream")
         self._receive_conflict = ConflictDetector(
@@ -145,17 +145,7 @@ class TLSStream(trio.abc.Stream):
         """
         return self._engine.session
 
-    # -- engine access (see the module docstring) --------------------------
-
-    async def _engine_inline(self, fn: Callable[[], T]) -> T:
-        if self._engine_lock.locked():
-            async with self._engine_lock:
-                return fn()
-        return fn()
-
-    async def _engine_in_thread(self, fn: Callable[[], T]) -> T:
-        async with self._engine_lock:
-            return await self._offload.run(fn)
+    # -- internals -------------------------------------------------------------
 
     def _check_usable(self, *, sending: bool = False) -> None:
         if self._state is _State.CLOSED:
@@ -180,7 +170,7 @@ class TLSStream(trio.abc.Stream):
             lock.acquire_nowait()
         try:
             while True:
-                data = await self._engine_inline(self._engine.bytes_to_send)
+                data = await self._guard.inline(self._engine.bytes_to_send)
                 if not data:
                     return
                 await self._transport_send(data)
@@ -195,7 +185,6 @@ class TLSStream(trio.abc.Stream):
             except OSError:  # would block, or failed: trio's send waits or reports it
                 sent = 0
             if sent == len(data):
-                self._activity()
                 return
             data = data[sent:]
         try:
@@ -209,7 +198,6 @@ class TLSStream(trio.abc.Stream):
                     raise trio.ClosedResourceError("this TLSStream was closed") from exc
                 raise trio.BrokenResourceError(f"transport failed while sending: {exc}") from exc
             raise
-        self._activity()
 
     async def _receive_into_engine(self, max_bytes: int | None = None) -> tuple[int, bool]:
         """Read one chunk of ciphertext into the engine: its size, and whether we yielded.
@@ -247,11 +235,10 @@ class TLSStream(trio.abc.Stream):
                 if self._state is _State.OK:
                     self._state = _State.BROKEN
                 raise
-        self._activity()
         if data:
-            await self._engine_inline(partial(self._engine.receive_bytes, data))
+            await self._guard.inline(partial(self._engine.receive_bytes, data))
         else:
-            await self._engine_inline(self._engine.receive_eof)
+            await self._guard.inline(self._engine.receive_eof)
         return len(data), waited
 
     # -- handshake -------------------------------------------------------------
@@ -295,15 +282,8 @@ class TLSStream(trio.abc.Stream):
             ) from exc
 
     async def _handshake_steps(self) -> None:
-        engine = self._engine
-        offload = self._offload.offloads_handshakes()
-        while True:
-            if offload and engine.next_step_is_costly():
-                done = await self._engine_in_thread(engine.do_handshake)
-            else:
-                done = await self._engine_inline(engine.do_handshake)
-            if done:
-                break
+        guard = self._guard
+        while not await guard.handshake_step():
             await self._flush()
             await self._receive_into_engine()
         # The handshake is complete even if what follows it (TLS 1.3
@@ -311,14 +291,14 @@ class TLSStream(trio.abc.Stream):
         # data and gone. Sending is then broken; receiving is not.
         with _suppress_transport_errors():
             await self._flush()
-        self._info = engine.peer_info(self.peer_address)
+        self._info = self._engine.peer_info(self.peer_address)
         self._handshake_done = True
 
     async def _send_alert(self) -> None:
         """Best effort: send the fatal alert the engine queued when it failed."""
         if self._send_lock.locked() or self._send_broken:
             return
-        data = await self._engine_inline(self._engine.bytes_to_send)
+        data = await self._guard.inline(self._engine.bytes_to_send)
         if data:
             with trio.move_on_after(1.0), _suppress_transport_errors():
                 await self.transport_stream.send_all(data)
@@ -341,12 +321,8 @@ class TLSStream(trio.abc.Stream):
             if not data:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
-            send = partial(self._engine.send, data)
             try:
-                if self._offload.offloads_records(len(data)):
-                    await self._engine_in_thread(send)
-                else:
-                    await self._engine_inline(send)
+                await self._guard.record(partial(self._engine.send, data), len(data))
             except TLSError as exc:
                 self._state = _State.BROKEN
                 raise trio.BrokenResourceError(str(exc)) from exc
@@ -357,6 +333,7 @@ class TLSStream(trio.abc.Stream):
                 self._send_broken = True
                 raise
             self.bytes_sent += len(data)
+            self._activity()
             # The socket may have taken the bytes without waiting; a send is
             # still a schedule point.
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -390,6 +367,7 @@ class TLSStream(trio.abc.Stream):
             if not yielded:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             self.bytes_received += len(data)
+            self._activity()
             return data
 
     async def _receive_plaintext(self, max_bytes: int) -> tuple[bytes, bool]:
@@ -401,15 +379,19 @@ class TLSStream(trio.abc.Stream):
         """
         engine = self._engine
         yielded = False
-        big_reads = self._offload.offloads_records(max_bytes)
+        big_reads = self._guard.offloads_records(max_bytes)
         read_size = max(self._receive_size, max_bytes) if big_reads else self._receive_size
-        in_thread = False
+        # Ciphertext fed since the last attempt, if this read may go to a
+        # thread at all: small reads never do, whatever arrived. (Locals
+        # here stay alive while an idle connection waits: keep them few.)
+        fed = 0
         while True:
             try:
-                if in_thread:
-                    data = await self._engine_in_thread(partial(engine.receive_many, max_bytes))
-                else:
-                    data = await self._engine_inline(partial(engine.receive, max_bytes))
+                data = await self._guard.record(
+                    partial(engine.receive, max_bytes),
+                    fed,
+                    in_thread=partial(engine.receive_many, max_bytes) if fed else None,
+                )
             except TLSError as exc:
                 self._state = _State.BROKEN
                 await self._send_alert()
@@ -422,7 +404,8 @@ class TLSStream(trio.abc.Stream):
                 await self._flush()
             fed, waited = await self._receive_into_engine(read_size)
             yielded = yielded or waited
-            in_thread = big_reads and self._offload.offloads_records(fed)
+            if not big_reads:
+                fed = 0
 
     async def aclose(self) -> None:
         """Send close_notify if possible, then close the transport."""
@@ -434,7 +417,7 @@ class TLSStream(trio.abc.Stream):
             and not self._send_broken
             and self._handshake_done
             and not self._send_lock.locked()
-            and not self._engine_lock.locked()
+            and not self._guard.busy
         )
         self._state = _State.CLOSED
         try:
@@ -454,7 +437,7 @@ class TLSStream(trio.abc.Stream):
         """
         with self._send_conflict:
             self._check_usable(sending=True)
-            await self._engine_inline(self._engine.close)
+            await self._guard.inline(self._engine.close)
             await self._flush()
 
 
