@@ -14,10 +14,11 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .errors import ConfigError
 from .networks import Network, address_in, parse_networks
+from .path_fields import OptionalPathField, PathInput, as_path
 
 __all__ = [
     "DEFAULT_DTLS_MTU",
@@ -59,16 +60,6 @@ class VerifyClient(enum.StrEnum):
     """Ask; a client may decline, but a certificate it does send must verify."""
     REQUIRED = "required"
     """Ask and refuse the handshake without a valid client certificate."""
-
-
-def _path(value: str | os.PathLike[str], name: str) -> Path:
-    if isinstance(value, str | os.PathLike):
-        return Path(value)
-    raise ConfigError(f"{name} must be a path, not {type(value).__name__}")
-
-
-def _optional_path(value: str | os.PathLike[str] | None, name: str) -> Path | None:
-    return None if value is None else _path(value, name)
 
 
 def _password(value: str | bytes | None, name: str) -> bytes | None:
@@ -178,13 +169,25 @@ class CertificateSettings:
     key_file: Path
     key_password: bytes | None = field(default=None, repr=False)
     server_names: tuple[str, ...] = ()
-    ocsp_staple_file: Path | None = None
+    ocsp_staple_file: OptionalPathField = OptionalPathField()
+
+    if TYPE_CHECKING:
+        # What type checkers see: paths as str or os.PathLike, a str password
+        # (both converted below). tests/core/test_path_fields.py keeps it in
+        # step with the fields.
+        def __init__(
+            self,
+            cert_file: PathInput,
+            key_file: PathInput,
+            key_password: str | bytes | None = None,
+            server_names: tuple[str, ...] = (),
+            ocsp_staple_file: PathInput | None = None,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
-        _set(self, "cert_file", _path(self.cert_file, "cert_file"))
-        _set(self, "key_file", _path(self.key_file, "key_file"))
+        _set(self, "cert_file", as_path(self.cert_file, "cert_file"))
+        _set(self, "key_file", as_path(self.key_file, "key_file"))
         _set(self, "key_password", _password(self.key_password, "key_password"))
-        _set(self, "ocsp_staple_file", _optional_path(self.ocsp_staple_file, "ocsp_staple_file"))
         names = tuple(n.lower().rstrip(".") for n in self.server_names)
         _set(self, "server_names", names)
 
@@ -222,14 +225,14 @@ class ServerSettings:
 
     certificate: CertificateSettings
     sni_certificates: tuple[CertificateSettings, ...] = ()
-    ca_file: Path | None = None
+    ca_file: OptionalPathField = OptionalPathField()
     verify_client: VerifyClient = VerifyClient.NONE
     min_version: TLSVersion = "1.2"
     max_version: TLSVersion = "1.3"
     ciphers: str = DEFAULT_TLS12_CIPHERS
     alpn: tuple[str, ...] = ()
     session_tickets: bool = True
-    keylog_file: Path | None = None
+    keylog_file: OptionalPathField = OptionalPathField()
     handshake_timeout: float = 10.0
     idle_timeout: float | None = 300.0
     max_connections: int = 1024
@@ -258,7 +261,7 @@ class ServerSettings:
     mtu: int = DEFAULT_DTLS_MTU
     max_peers: int = 1024
     peer_queue_size: int = 64
-    cookie_secret_file: Path | None = None
+    cookie_secret_file: OptionalPathField = OptionalPathField()
     cookie_rotation: float = 60.0
 
     def __post_init__(self) -> None:
@@ -268,7 +271,6 @@ class ServerSettings:
             if not sni.server_names:
                 raise ConfigError(f"SNI certificate {sni.cert_file} lists no server_names")
         _set(self, "sni_certificates", tuple(self.sni_certificates))
-        _set(self, "ca_file", _optional_path(self.ca_file, "ca_file"))
         try:
             _set(self, "verify_client", VerifyClient(self.verify_client))
         except ValueError:
@@ -282,7 +284,6 @@ class ServerSettings:
             )
         _versions(self.min_version, self.max_version, "server")
         _set(self, "alpn", _alpn(self.alpn, "server"))
-        _set(self, "keylog_file", _optional_path(self.keylog_file, "keylog_file"))
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
         _set(self, "idle_timeout", _optional_positive(self.idle_timeout, "idle_timeout"))
         _count(self.max_connections, "max_connections")
@@ -301,11 +302,6 @@ class ServerSettings:
         _mtu(self.mtu)
         _count(self.max_peers, "max_peers")
         _count(self.peer_queue_size, "peer_queue_size")
-        _set(
-            self,
-            "cookie_secret_file",
-            _optional_path(self.cookie_secret_file, "cookie_secret_file"),
-        )
         _set(self, "cookie_rotation", _positive(self.cookie_rotation, "cookie_rotation"))
         networks = _proxy_networks(self.proxy_trusted, self.proxy_protocol)
         _set(self, "proxy_trusted", tuple(str(net) for net in networks))
@@ -325,7 +321,7 @@ class ServerSettings:
         **options: object,
     ) -> ServerSettings:
         """Shorthand: ``ServerSettings.from_files("server.pem", "server.key", ...)``."""
-        cert = CertificateSettings(Path(cert_file), Path(key_file), _password(key_password, "key"))
+        cert = CertificateSettings(cert_file, key_file, _password(key_password, "key"))
         return cls(certificate=cert, **options)  # type: ignore[arg-type]
 
 
@@ -341,7 +337,7 @@ class ClientSettings:
     valid and GOOD.
     """
 
-    ca_file: Path | None = None
+    ca_file: OptionalPathField = OptionalPathField()
     certificate: CertificateSettings | None = None
     verify: bool = True
     check_hostname: bool = True
@@ -349,7 +345,7 @@ class ClientSettings:
     max_version: TLSVersion = "1.3"
     ciphers: str = DEFAULT_TLS12_CIPHERS
     alpn: tuple[str, ...] = ()
-    keylog_file: Path | None = None
+    keylog_file: OptionalPathField = OptionalPathField()
     handshake_timeout: float = 10.0
     request_ocsp: bool = False
     require_ocsp: bool = False
@@ -364,12 +360,10 @@ class ClientSettings:
     )
 
     def __post_init__(self) -> None:
-        _set(self, "ca_file", _optional_path(self.ca_file, "ca_file"))
         if self.certificate is not None and not isinstance(self.certificate, CertificateSettings):
             raise ConfigError("certificate must be a CertificateSettings or None")
         _versions(self.min_version, self.max_version, "client")
         _set(self, "alpn", _alpn(self.alpn, "client"))
-        _set(self, "keylog_file", _optional_path(self.keylog_file, "keylog_file"))
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
         if self.require_ocsp:
             _set(self, "request_ocsp", True)
