@@ -208,6 +208,15 @@ class _SNISelector:
                 return
 
 
+def _sni_context_for(
+    settings: ServerSettings, cert: CertificateSettings, dtls: bool, keylog: KeyLog | None
+) -> SSL.Context:
+    try:
+        return _server_context_for(settings, cert, dtls, keylog)
+    except ConfigError as exc:  # say which of several certificates is at fault
+        raise ConfigError(f"SNI certificate for {', '.join(cert.server_names)}: {exc}") from None
+
+
 def build_server_context(settings: ServerSettings, *, dtls: bool = False) -> SSL.Context:
     """A complete server Context for *settings* (TLS, or DTLS 1.2 with ``dtls``).
 
@@ -217,7 +226,7 @@ def build_server_context(settings: ServerSettings, *, dtls: bool = False) -> SSL
     default = _server_context_for(settings, settings.certificate, dtls, keylog)
     if settings.sni_certificates:
         choices = [
-            (sni.server_names, _server_context_for(settings, sni, dtls, keylog))
+            (sni.server_names, _sni_context_for(settings, sni, dtls, keylog))
             for sni in settings.sni_certificates
         ]
         default.set_tlsext_servername_callback(_SNISelector(choices))
