@@ -84,3 +84,14 @@ def test_the_declared_init_of_certificate_settings_matches_its_fields() -> None:
     assert declared == list(runtime)
     defaults = [ast.literal_eval(d) for d in stub.args.defaults]
     assert defaults == [p.default for p in runtime.values() if p.default is not p.empty]
+
+
+def test_help_shows_what_path_fields_accept() -> None:
+    """help() and the signature say str or os.PathLike, not the descriptor's name."""
+    cert = inspect.signature(CertificateSettings).parameters
+    assert cert["cert_file"].annotation == "str | os.PathLike[str]"
+    assert cert["ocsp_staple_file"].annotation == "str | os.PathLike[str] | None"
+    for cls in (ServerSettings, ClientSettings):
+        params = inspect.signature(cls).parameters
+        assert params["ca_file"].annotation == "str | os.PathLike[str] | None"
+        assert params["keylog_file"].annotation == "str | os.PathLike[str] | None"

@@ -25,12 +25,13 @@ A value that is not a path is a :class:`~.errors.ConfigError` naming the field.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import overload
+from typing import TypeVar, overload
 
 from .errors import ConfigError
 
-__all__ = ["OptionalPathField", "PathInput", "as_path"]
+__all__ = ["OptionalPathField", "PathInput", "as_path", "show_path_inputs"]
 
 PathInput = str | os.PathLike[str]
 """What a settings path field accepts."""
@@ -61,3 +62,28 @@ class OptionalPathField:
 
     def __set__(self, obj: object, value: PathInput | None) -> None:
         vars(obj)[self._name] = None if value is None else as_path(value, self._name)
+
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def show_path_inputs(*required: str) -> Callable[[_Class], _Class]:
+    """Class decorator: ``__init__``'s annotations say what path fields accept.
+
+    The generated ``__init__`` of a dataclass is annotated with the field
+    types, which for these fields is ``OptionalPathField`` (or ``Path`` for
+    the *required* ones, converted in ``__post_init__``). ``help()`` and the
+    API reference read those annotations, so they are replaced by the types
+    accepted. Type checkers do not look at them (they see the descriptors).
+    """
+
+    def decorate(cls: _Class) -> _Class:
+        hints = vars(cls)["__init__"].__annotations__
+        for name, hint in hints.items():
+            if hint in ("OptionalPathField", OptionalPathField):
+                hints[name] = "str | os.PathLike[str] | None"
+            elif name in required:
+                hints[name] = "str | os.PathLike[str]"
+        return cls
+
+    return decorate

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .errors import ConfigError
 from .networks import Network, address_in, parse_networks
-from .path_fields import OptionalPathField, PathInput, as_path
+from .path_fields import OptionalPathField, PathInput, as_path, show_path_inputs
 
 __all__ = [
     "DEFAULT_DTLS_MTU",
@@ -154,6 +154,7 @@ def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
 
 
+@show_path_inputs("cert_file", "key_file")
 @dataclass(frozen=True)
 class CertificateSettings:
     """A certificate chain file and its private key, for one or more server names.
@@ -163,6 +164,8 @@ class CertificateSettings:
     ``ocsp_staple_file`` is a DER OCSP response for this certificate, stapled
     to handshakes whose client asks for it; it is read (like the certificate)
     whenever the contexts are built, so a reload picks up a refreshed file.
+    Paths may be given as ``str`` or any ``os.PathLike``; they are held as
+    :class:`~pathlib.Path` (and ``key_password`` as bytes).
     """
 
     cert_file: Path
@@ -214,13 +217,16 @@ class OffloadSettings:
         _count(self.max_threads, "offload.max_threads")
 
 
+@show_path_inputs()
 @dataclass(frozen=True, kw_only=True)
 class ServerSettings:
     """Everything a TLS (and DTLS) server needs; only the certificate is required.
 
     ``certificate`` is the default certificate; ``sni_certificates`` are
     chosen instead when the client's server name matches one of their
-    ``server_names``.
+    ``server_names``. Paths (``ca_file``, ``keylog_file``,
+    ``cookie_secret_file``) may be given as ``str`` or any ``os.PathLike``;
+    they are held as :class:`~pathlib.Path`.
     """
 
     certificate: CertificateSettings
@@ -325,6 +331,7 @@ class ServerSettings:
         return cls(certificate=cert, **options)  # type: ignore[arg-type]
 
 
+@show_path_inputs()
 @dataclass(frozen=True, kw_only=True)
 class ClientSettings:
     """How a client verifies servers and, for mutual TLS, proves who it is.
@@ -334,7 +341,8 @@ class ClientSettings:
     ``request_ocsp`` asks the server for a stapled OCSP response and checks
     it (the verdict is ``PeerInfo.ocsp``);
     ``require_ocsp`` also fails the handshake unless the staple is present,
-    valid and GOOD.
+    valid and GOOD. Paths may be given as ``str`` or any ``os.PathLike``;
+    they are held as :class:`~pathlib.Path`.
     """
 
     ca_file: OptionalPathField = OptionalPathField()
