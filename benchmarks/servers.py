@@ -7,7 +7,13 @@ KIND is one of:
 * ``trio-tls``: ``trio.SSLStream`` (stdlib ``ssl``, the system's OpenSSL)
   over ``trio.serve_tcp``;
 * ``trio-dtls``: ``trio.DTLSEndpoint`` (pyOpenSSL) serving DTLS 1.2;
+* ``asyncio``, ``uvloop``: an ``asyncio.Protocol`` echo (the fastest way
+  asyncio offers: no streams, ``data_received`` writes straight back) over
+  stdlib ``ssl``, on asyncio's own event loop or on uvloop's;
 * ``tcp``, ``udp``: plain trio echo, the ceilings.
+
+The Go crypto/tls peer is ``benchmarks/go`` (its own binary, same contract)
+and OpenSSL's own cost, with no sockets at all, is ``benchmarks/floor.py``.
 
 DIR holds the development PKI (server.pem, server.key, ca.pem). ``--mtls``
 requires client certificates. The server listens on 127.0.0.1, an ephemeral
@@ -17,12 +23,14 @@ port, prints ``READY <port>`` on stdout and serves until SIGTERM.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import socket
 import ssl
 import sys
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import trio
 from OpenSSL import SSL
@@ -39,6 +47,8 @@ KINDS = (
     "ours-dtls-inline",
     "trio-tls",
     "trio-dtls",
+    "asyncio",
+    "uvloop",
     "tcp",
     "udp",
 )
@@ -74,12 +84,18 @@ async def serve_ours(folder: Path, mtls: bool, *, tls: bool, offload: bool = Tru
         ready(service.port)
 
 
-async def serve_trio_tls(folder: Path, mtls: bool) -> None:
+def stdlib_server_context(folder: Path, mtls: bool) -> ssl.SSLContext:
+    """The stdlib ``ssl`` context of trio-tls, asyncio and uvloop (defaults otherwise)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(folder / "server.pem", folder / "server.key")
     if mtls:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(folder / "ca.pem")
+    return ctx
+
+
+async def serve_trio_tls(folder: Path, mtls: bool) -> None:
+    ctx = stdlib_server_context(folder, mtls)
 
     async def handler(tcp: trio.SocketStream) -> None:
         stream = trio.SSLStream(tcp, ctx, server_side=True)
@@ -147,6 +163,47 @@ async def serve_udp(folder: Path, mtls: bool) -> None:
         await sock.sendto(data, address)
 
 
+class _AsyncioEcho(asyncio.Protocol):
+    """Echo each chunk as it arrives: asyncio's cheapest path, as its benchmarks use."""
+
+    transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+async def _asyncio_main(folder: Path, mtls: bool) -> None:
+    loop = asyncio.get_running_loop()
+    # A client that leaves mid-handshake is the load's business, not a log line.
+    loop.set_exception_handler(lambda loop, context: None)
+    server = await loop.create_server(
+        _AsyncioEcho,
+        HOST,
+        0,
+        ssl=stdlib_server_context(folder, mtls),
+        ssl_handshake_timeout=10,
+        backlog=1024,
+    )
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    ready(server.sockets[0].getsockname()[1])
+    await stop.wait()
+    server.close()
+
+
+def run_asyncio(folder: Path, mtls: bool, *, use_uvloop: bool) -> None:
+    if use_uvloop:
+        import uvloop  # the optional bench extra; the suite skips this peer without it
+
+        uvloop.run(_asyncio_main(folder, mtls))
+    else:
+        asyncio.run(_asyncio_main(folder, mtls))
+
+
 SERVERS = {
     "ours-tls": partial(serve_ours, tls=True),
     "ours-dtls": partial(serve_ours, tls=False),
@@ -175,5 +232,8 @@ if __name__ == "__main__":
     parser.add_argument("pki", type=Path)
     parser.add_argument("--mtls", action="store_true")
     args = parser.parse_args()
-    trio.run(main, args.kind, args.pki, args.mtls)
+    if args.kind in ("asyncio", "uvloop"):
+        run_asyncio(args.pki, args.mtls, use_uvloop=args.kind == "uvloop")
+    else:
+        trio.run(main, args.kind, args.pki, args.mtls)
     sys.exit(0)

@@ -260,12 +260,6 @@ def test_alpn(pki: PKIFiles) -> None:
     assert server.peer_info(None).alpn == "echo/1"
 
 
-def test_alpn_without_overlap_continues_without(pki: PKIFiles) -> None:
-    client, server = make_pair(pki, server_opts={"alpn": ("h2",)}, client_opts={"alpn": ("x",)})
-    handshake(client, server)
-    assert server.peer_info(None).alpn is None
-
-
 def test_send_before_close_after_close(pki: PKIFiles) -> None:
     client, server = make_pair(pki)
     handshake(client, server)

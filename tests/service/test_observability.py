@@ -30,7 +30,7 @@ from trio_tls_dtls import (
     serve_metrics,
 )
 from trio_tls_dtls.core.dtls_records import parse_client_hello
-from trio_tls_dtls.drivers.close_accounting import LatencyHistogram
+from trio_tls_dtls.core.latency_histogram import LatencyHistogram
 from trio_tls_dtls.service.log_format import JSONFormatter, make_formatter, status_line
 from trio_tls_dtls.service.metrics import MAX_REQUEST, REQUEST_TIMEOUT, metrics_registry
 

@@ -93,6 +93,8 @@ def describe_peer(info: PeerInfo, out: TextIO) -> None:
     print(f"resumed:  {'yes' if info.resumed else 'no'}", file=out)
     if info.ocsp is not None:
         print(f"ocsp:     {info.ocsp.describe()}", file=out)
+    if info.psk_identity is not None:
+        print(f"psk identity: {info.psk_identity}", file=out)
     chain = info.chain or ((info.certificate,) if info.certificate is not None else ())
     if not chain:
         print("server certificate: none", file=out)

@@ -62,16 +62,57 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         help="ask for client certificates (default: none)",
     )
     p.add_argument(
+        "--crl-file",
+        type=Path,
+        metavar="FILE",
+        help="CRLs (PEM or DER) from the --ca CAs; revoked client certificates are refused",
+    )
+    p.add_argument(
+        "--allow-client-subject",
+        action="append",
+        metavar="SUBJECT",
+        help="admit only client certificates with this subject, e.g. 'CN=dev-7,O=Org' "
+        "(repeatable; needs --verify-client required; see docs/howto/identity)",
+    )
+    p.add_argument(
+        "--allow-client-san",
+        action="append",
+        metavar="NAME",
+        help="admit client certificates with this DNS name (*.example.com) or URI "
+        "(spiffe://domain/path, or a prefix ending in /*) (repeatable)",
+    )
+    p.add_argument(
         "--min-version", choices=["1.2", "1.3"], help="lowest TLS version (default: 1.2)"
     )
-    p.add_argument("--alpn", action="append", metavar="PROTO", help="ALPN protocol (repeatable)")
+    p.add_argument(
+        "--alpn",
+        action="append",
+        metavar="PROTO",
+        help="ALPN protocol (repeatable); a client offering none of them is refused",
+    )
+    p.add_argument(
+        "--psk-file",
+        type=Path,
+        metavar="FILE",
+        help="pre-shared keys, IDENTITY:HEXKEY per line, mode 0600 "
+        "(re-read on SIGHUP; see docs/howto/psk)",
+    )
     p.add_argument(
         "--keylog-file", type=Path, help="append TLS secrets here (SSLKEYLOGFILE format)"
     )
     p.add_argument("--no-session-tickets", action="store_true", help="disable session resumption")
     p.add_argument("--handshake-timeout", type=values.seconds, metavar="S", help="default: 10")
     p.add_argument(
-        "--idle-timeout", type=values.optional_seconds, metavar="S", help="default: 300; 0 = none"
+        "--idle-timeout",
+        type=values.optional_seconds,
+        metavar="S",
+        help="close after S without application data either way (default: 300; 0 = none)",
+    )
+    p.add_argument(
+        "--max-connection-lifetime",
+        type=values.optional_seconds,
+        metavar="S",
+        help="close any connection / DTLS peer S after it began (default: none)",
     )
     p.add_argument("--max-connections", type=values.positive_int, metavar="N", help="default: 1024")
     p.add_argument(
@@ -105,6 +146,13 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         help="on SIGINT/SIGTERM, how long open connections get to finish (default: 10)",
     )
     p.add_argument(
+        "--drain-delay",
+        type=values.non_negative_seconds,
+        metavar="S",
+        help="on SIGINT/SIGTERM, keep accepting this long with /readyz failing, "
+        "then drain (default: 0)",
+    )
+    p.add_argument(
         "--forward-tcp",
         type=values.target_text,
         metavar="HOST:PORT",
@@ -115,6 +163,12 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         type=values.target_text,
         metavar="HOST:PORT",
         help="forward each DTLS peer's datagrams to this UDP backend (default: echo)",
+    )
+    p.add_argument(
+        "--forward-proxy-protocol",
+        choices=["off", "v1", "v2"],
+        help="tell the backend who the client is: a PROXY header before the TCP stream "
+        "(v1 or v2), on each UDP datagram (v2 only); v2 carries the TLS facts (default: off)",
     )
     p.add_argument(
         "--log-format",
@@ -128,6 +182,14 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         help="serve Prometheus metrics at http://HOST:P/metrics (default: off)",
     )
     p.add_argument("--metrics-host", help="address for --metrics-port (default: 127.0.0.1)")
+    p.add_argument(
+        "--health-port",
+        type=values.health_port,
+        metavar="P",
+        help="serve /healthz and /readyz at http://HOST:P (default: off; "
+        "always on the --metrics-port too)",
+    )
+    p.add_argument("--health-host", help="address for --health-port (default: 127.0.0.1)")
     p.add_argument(
         "--user",
         metavar="NAME",

@@ -16,6 +16,7 @@ from pathlib import Path
 import trio
 
 from ..core.errors import HandshakeError, TLSDError
+from ..core.psk import load_psk_file
 from ..core.settings import CertificateSettings, ClientSettings
 
 __all__ = [
@@ -82,6 +83,15 @@ def add_client_tls_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--servername", metavar="NAME", help="name to send as SNI and verify (default: HOST)"
     )
+    parser.add_argument(
+        "--psk-identity", metavar="ID", help="offer this pre-shared key identity (with --psk-file)"
+    )
+    parser.add_argument(
+        "--psk-file",
+        type=Path,
+        metavar="FILE",
+        help="IDENTITY:HEXKEY lines, as serve reads them; the key of --psk-identity is used",
+    )
 
 
 def client_settings(args: argparse.Namespace, **options: object) -> ClientSettings:
@@ -89,6 +99,15 @@ def client_settings(args: argparse.Namespace, **options: object) -> ClientSettin
     if (args.cert is None) != (args.key is None):
         raise TargetError("--cert and --key go together: give both or neither")
     certificate = None if args.cert is None else CertificateSettings(args.cert, args.key)
+    if (args.psk_identity is None) != (args.psk_file is None):
+        raise TargetError("--psk-identity and --psk-file go together: give both or neither")
+    if args.psk_identity is not None:
+        # The key comes from a file (checked as serve checks it), never from
+        # the command line, where every user's ps would show it.
+        key = load_psk_file(args.psk_file).get(args.psk_identity)
+        if key is None:
+            raise TargetError(f"psk_file {args.psk_file} has no identity {args.psk_identity!r}")
+        options.update(psk_identity=args.psk_identity, psk_key=key)
     return ClientSettings(
         ca_file=args.ca,
         certificate=certificate,

@@ -12,7 +12,13 @@ What lives here
 * Policy as data: settings (:mod:`.settings`), contexts built once and then
   shared read-only (:mod:`.contexts`), per-source limits
   (:mod:`.source_limits`), the PROXY protocol parser
-  (:mod:`.proxy_protocol`), PEM loading, OCSP checks, errors, PeerInfo.
+  (:mod:`.proxy_protocol`) and builder (:mod:`.proxy_header_builder`, with
+  the TLS facts as TLVs in :mod:`.proxy_tlvs`), PEM loading, OCSP checks,
+  errors, PeerInfo, pre-shared keys (:mod:`.psk`) and client identity rules
+  and CRLs (:mod:`.client_identity`).
+* The OpenSSL calls pyOpenSSL does not expose, in two modules only:
+  :mod:`._ossl` (plain calls) and :mod:`._ossl_callbacks` (PSK, strict ALPN
+  and the identity-checking verify callback).
 
 What may be imported
 --------------------

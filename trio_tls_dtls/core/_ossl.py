@@ -5,8 +5,9 @@ session was resumed, or for the certificate verification result. All three
 are one call into the OpenSSL bindings that ship with ``cryptography``
 (``OpenSSL._util.lib``), which pyOpenSSL itself is built on. Nor can it tell
 whether two Session objects are one session (that compares its handles).
-Keeping them here means one module to check when either library moves; the
-test matrix exercises them on the oldest and newest supported versions.
+Keeping them here (and the callbacks in :mod:`._ossl_callbacks`) means two
+modules to check when either library moves; the test matrix exercises them
+on the oldest and newest supported versions.
 """
 
 from __future__ import annotations

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from OpenSSL import SSL
+from OpenSSL.crypto import X509StoreFlags
 
+from . import _ossl_callbacks
+from .client_identity import load_crls
 from .errors import ConfigError
 from .ocsp import OCSPChecker, Stapler, load_staple
 from .pem_files import LoadedCertificate, load_ca_file, load_certificate
+from .psk import PSKTable, load_psk_file
 from .settings import (
     CertificateSettings,
     ClientSettings,
@@ -115,46 +120,85 @@ def _load_verify_file(ctx: SSL.Context, ca_file: Path) -> None:
     ctx.load_verify_locations(os.fsencode(ca_file))
 
 
-def _alpn_selector(server_protocols: Sequence[str]) -> SSL._ALPNSelectCallback:
-    offered = [p.encode() for p in server_protocols]
+@dataclass(frozen=True)
+class _ServerFiles:
+    """What a server reads from disk once per build, shared by its SNI contexts."""
 
-    def select(conn: SSL.Connection, client_protocols: list[bytes]) -> bytes:
-        for proto in offered:
-            if proto in client_protocols:
-                return proto
-        # No overlap: carry on without ALPN rather than abort; the
-        # application can see that none was negotiated.
-        return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
+    psk_table: PSKTable | None
+    crls: tuple[x509.CertificateRevocationList, ...]
 
-    return select
+    @classmethod
+    def load(cls, settings: ServerSettings) -> _ServerFiles:
+        table = None
+        if settings.psk_enabled:
+            keys = dict(settings.psk_keys)
+            if settings.psk_file is not None:
+                for identity, key in load_psk_file(settings.psk_file).items():
+                    if identity in keys:
+                        where = f"psk_file {settings.psk_file}"
+                        raise ConfigError(f"{where}: identity {identity!r} is in psk_keys too")
+                    keys[identity] = key
+            table = PSKTable(keys)
+        crls: list[x509.CertificateRevocationList] = []
+        if settings.crl_file is not None:
+            assert settings.ca_file is not None  # ServerSettings enforces it
+            crls = load_crls(settings.crl_file, load_ca_file(settings.ca_file))
+        return cls(table, tuple(crls))
+
+
+def _verify_clients(ctx: SSL.Context, settings: ServerSettings, files: _ServerFiles) -> None:
+    assert settings.ca_file is not None  # ServerSettings enforces it
+    _load_verify_file(ctx, settings.ca_file)
+    ctx.load_client_ca(os.fsencode(settings.ca_file))
+    mode = SSL.VERIFY_PEER
+    if settings.verify_client is VerifyClient.REQUIRED:
+        mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+    if files.crls:
+        store = ctx.get_cert_store()
+        assert store is not None  # every SSL_CTX has one
+        for crl in files.crls:
+            store.add_crl(crl)
+        store.set_flags(X509StoreFlags.CRL_CHECK)
+    if settings._identity_rules:
+        _ossl_callbacks.use_identity_check(ctx, settings._identity_rules, mode)
+    else:
+        ctx.set_verify(mode)
 
 
 def _server_context_for(
-    settings: ServerSettings, cert: CertificateSettings, dtls: bool, keylog: KeyLog | None
+    settings: ServerSettings,
+    cert: CertificateSettings | None,
+    dtls: bool,
+    keylog: KeyLog | None,
+    files: _ServerFiles,
 ) -> SSL.Context:
     ctx = _new_context(dtls, settings.min_version, settings.max_version)
     ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
-    _set_ciphers(ctx, settings.ciphers)
-    loaded = load_certificate(cert.cert_file, cert.key_file, cert.key_password)
-    _use_certificate(ctx, loaded)
-    if cert.ocsp_staple_file is not None:
-        # Read now, with the certificate: a reload rebuilds the context and
-        # so picks up a refreshed staple file.
-        ctx.set_ocsp_server_callback(Stapler(load_staple(cert.ocsp_staple_file, loaded.leaf)))
+    if files.psk_table is not None:
+        # PSK suites first: only a client with a PSK offers them, and it
+        # configured one to use it (with a certificate suite first, a server
+        # with both would never use the key).
+        _set_ciphers(ctx, f"{settings.psk_ciphers}:{settings.ciphers}")
+        _ossl_callbacks.use_psk_table(ctx, files.psk_table, settings.psk_identity_hint)
+    else:
+        _set_ciphers(ctx, settings.ciphers)
+    if cert is not None:
+        loaded = load_certificate(cert.cert_file, cert.key_file, cert.key_password)
+        _use_certificate(ctx, loaded)
+        if cert.ocsp_staple_file is not None:
+            # Read now, with the certificate: a reload rebuilds the context and
+            # so picks up a refreshed staple file.
+            ctx.set_ocsp_server_callback(Stapler(load_staple(cert.ocsp_staple_file, loaded.leaf)))
     ctx.set_session_id(_SESSION_ID_CONTEXT)
-    if not settings.session_tickets:
+    if not settings.session_tickets or files.psk_table is not None:
+        # With PSKs, no resumption: OpenSSL's bindings cannot tell which
+        # identity a resumed session was made with (PeerInfo.psk_identity).
         ctx.set_options(SSL.OP_NO_TICKET)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     if settings.verify_client is not VerifyClient.NONE:
-        assert settings.ca_file is not None  # ServerSettings enforces it
-        _load_verify_file(ctx, settings.ca_file)
-        ctx.load_client_ca(os.fsencode(settings.ca_file))
-        mode = SSL.VERIFY_PEER
-        if settings.verify_client is VerifyClient.REQUIRED:
-            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        ctx.set_verify(mode)
+        _verify_clients(ctx, settings, files)
     if settings.alpn:
-        ctx.set_alpn_select_callback(_alpn_selector(settings.alpn))
+        _ossl_callbacks.require_alpn(ctx, settings.alpn)
     if keylog is not None:
         ctx.set_keylog_callback(keylog)
     if dtls:
@@ -209,10 +253,14 @@ class _SNISelector:
 
 
 def _sni_context_for(
-    settings: ServerSettings, cert: CertificateSettings, dtls: bool, keylog: KeyLog | None
+    settings: ServerSettings,
+    cert: CertificateSettings,
+    dtls: bool,
+    keylog: KeyLog | None,
+    files: _ServerFiles,
 ) -> SSL.Context:
     try:
-        return _server_context_for(settings, cert, dtls, keylog)
+        return _server_context_for(settings, cert, dtls, keylog, files)
     except ConfigError as exc:  # say which of several certificates is at fault
         raise ConfigError(f"SNI certificate for {', '.join(cert.server_names)}: {exc}") from None
 
@@ -222,11 +270,12 @@ def build_server_context(settings: ServerSettings, *, dtls: bool = False) -> SSL
 
     Raises ConfigError naming the file or setting at fault.
     """
+    files = _ServerFiles.load(settings)
     keylog = KeyLog(settings.keylog_file) if settings.keylog_file else None
-    default = _server_context_for(settings, settings.certificate, dtls, keylog)
+    default = _server_context_for(settings, settings.certificate, dtls, keylog, files)
     if settings.sni_certificates:
         choices = [
-            (sni.server_names, _sni_context_for(settings, sni, dtls, keylog))
+            (sni.server_names, _sni_context_for(settings, sni, dtls, keylog, files))
             for sni in settings.sni_certificates
         ]
         default.set_tlsext_servername_callback(_SNISelector(choices))
@@ -236,7 +285,11 @@ def build_server_context(settings: ServerSettings, *, dtls: bool = False) -> SSL
 def build_client_context(settings: ClientSettings, *, dtls: bool = False) -> SSL.Context:
     """A complete client Context for *settings*. Host names are checked per connection."""
     ctx = _new_context(dtls, settings.min_version, settings.max_version)
-    _set_ciphers(ctx, settings.ciphers)
+    if settings.psk_identity is not None and settings.psk_key is not None:
+        _set_ciphers(ctx, f"{settings.psk_ciphers}:{settings.ciphers}")
+        _ossl_callbacks.use_client_psk(ctx, settings.psk_identity, settings.psk_key)
+    else:
+        _set_ciphers(ctx, settings.ciphers)
     if settings.verify:
         if settings.ca_file is not None:
             _load_verify_file(ctx, settings.ca_file)

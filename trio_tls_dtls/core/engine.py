@@ -27,7 +27,7 @@ import ipaddress
 
 from OpenSSL import SSL
 
-from . import _ossl, ocsp
+from . import _ossl, _ossl_callbacks, ocsp
 from .errors import DatagramTooLargeError, HandshakeError, TLSError
 from .peer_info import Address, PeerInfo
 
@@ -186,7 +186,9 @@ class TLSEngine:
         detail = _ossl.verify_error(self._conn)
         if detail and "certificate verify failed" in reason:
             reason = f"{reason} ({detail})"
-        return reason
+        # A PSK or ALPN refusal, or an identity rule, says more than OpenSSL.
+        ours = _ossl_callbacks.explain_failure(self._conn, reason, server_side=self.server_side)
+        return ours or reason
 
     def _describe_failure(self, exc: SSL.Error) -> str:
         return f"{self._name} handshake failed: {self._reason(exc)}"
@@ -281,17 +283,20 @@ class TLSEngine:
         alpn = conn.get_alpn_proto_negotiated()
         name = conn.get_servername()
         chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+        cert = conn.get_peer_certificate(as_cryptography=True)
+        side = self.server_side
         return PeerInfo(
             address=address,
             transport=transport,
             protocol=conn.get_protocol_version_name(),
             cipher=conn.get_cipher_name() or "",
-            resumed=_ossl.session_reused(conn),
+            resumed=_ossl_callbacks.is_resumption(conn, server_side=side),
             alpn=alpn.decode("ascii", "replace") if alpn else None,
             server_name=name.decode("ascii", "replace") if name else None,
-            certificate=conn.get_peer_certificate(as_cryptography=True),
+            certificate=cert,
             chain=tuple(chain),
             ocsp=ocsp.status_of(conn),
+            psk_identity=_ossl_callbacks.psk_identity(conn, server_side=side, peer_cert=bool(cert)),
         )
 
 
@@ -309,7 +314,7 @@ def _client_connection(
         if check_hostname and context.get_verify_mode() != SSL.VERIFY_NONE:
             _ossl.set_expected_host(conn, server_hostname)
     if session is not None:
-        conn.set_session(session)
+        _ossl_callbacks.offer_session(conn, session)
     return conn
 
 

@@ -31,6 +31,10 @@ class PeerInfo:
     client's chain on the server side beyond the leaf).
     ``ocsp`` is a client's verdict on the server's stapled OCSP response,
     when it asked for one (``ClientSettings.request_ocsp``); None otherwise.
+    ``psk_identity`` is the identity of the pre-shared key that authenticated
+    the handshake (a server sees the client's; a client its own), or None.
+    A TLS 1.3 handshake with a pre-shared key is not a resumption
+    (``resumed`` is false), although OpenSSL counts it as one.
     """
 
     address: Address | None
@@ -43,6 +47,7 @@ class PeerInfo:
     certificate: x509.Certificate | None = None
     chain: tuple[x509.Certificate, ...] = ()
     ocsp: OCSPStatus | None = None
+    psk_identity: str | None = None
 
     @property
     def subject(self) -> str | None:
@@ -62,4 +67,6 @@ class PeerInfo:
             fields.append(f"alpn={self.alpn}")
         if self.server_name:
             fields.append(f"sni={self.server_name}")
+        if self.psk_identity:
+            fields.append(f"psk_identity={self.psk_identity}")
         return " ".join(fields)

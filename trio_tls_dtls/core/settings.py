@@ -12,17 +12,22 @@ from __future__ import annotations
 import enum
 import math
 import os
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from .client_identity import ClientIdentityRules
 from .errors import ConfigError
 from .networks import Network, address_in, parse_networks
 from .path_fields import OptionalPathField, PathInput, as_path, show_path_inputs
+from .psk import DEFAULT_PSK_CIPHERS, check_identity, check_key
 
 __all__ = [
     "DEFAULT_DTLS_MTU",
     "DEFAULT_PROXY_TRUSTED",
+    "DEFAULT_PSK_CIPHERS",
     "DEFAULT_TLS12_CIPHERS",
     "MAX_DTLS_MTU",
     "MIN_DTLS_MTU",
@@ -75,6 +80,14 @@ def _positive(value: float, name: str) -> float:
         raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
     if not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _non_negative(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be 0 or a positive number of seconds, not {value!r}")
     return float(value)
 
 
@@ -154,6 +167,35 @@ def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
 
 
+def _psk_keys(keys: object) -> Mapping[str, bytes]:
+    if not isinstance(keys, Mapping):
+        raise ConfigError(f"psk_keys must map identities to keys, not {type(keys).__name__}")
+    checked = {
+        check_identity(identity, "psk_keys"): check_key(key, f"psk_keys[{identity!r}]")
+        for identity, key in keys.items()
+    }
+    # Read-only, and a copy: the caller's dict may change, these settings may not.
+    return types.MappingProxyType(checked)
+
+
+def _ciphers(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name} must be an OpenSSL cipher list, not {value!r}")
+    return value
+
+
+def _identity_rules(settings: ServerSettings) -> ClientIdentityRules:
+    rules = ClientIdentityRules.parse(settings.allow_client_subjects, settings.allow_client_sans)
+    if rules and settings.verify_client is not VerifyClient.REQUIRED:
+        raise ConfigError(
+            "allow_client_subjects/allow_client_sans need verify_client=required: "
+            "a client without a certificate would skip them"
+        )
+    if settings.crl_file is not None and settings.verify_client is VerifyClient.NONE:
+        raise ConfigError("crl_file needs verify_client optional or required (and ca_file)")
+    return rules
+
+
 @show_path_inputs("cert_file", "key_file")
 @dataclass(frozen=True)
 class CertificateSettings:
@@ -224,12 +266,14 @@ class ServerSettings:
 
     ``certificate`` is the default certificate; ``sni_certificates`` are
     chosen instead when the client's server name matches one of their
-    ``server_names``. Paths (``ca_file``, ``keylog_file``,
+    ``server_names``. A server with pre-shared keys (``psk_file`` or
+    ``psk_keys``) may have no certificate: it then serves PSK clients only.
+    Paths (``ca_file``, ``keylog_file``, ``psk_file``, ``crl_file``,
     ``cookie_secret_file``) may be given as ``str`` or any ``os.PathLike``;
     they are held as :class:`~pathlib.Path`.
     """
 
-    certificate: CertificateSettings
+    certificate: CertificateSettings | None = None
     sni_certificates: tuple[CertificateSettings, ...] = ()
     ca_file: OptionalPathField = OptionalPathField()
     verify_client: VerifyClient = VerifyClient.NONE
@@ -238,12 +282,38 @@ class ServerSettings:
     ciphers: str = DEFAULT_TLS12_CIPHERS
     alpn: tuple[str, ...] = ()
     session_tickets: bool = True
+    """Resume sessions (tickets and the session cache). Always off with pre-shared
+    keys: a resumed session would not say which PSK identity it was made with."""
     keylog_file: OptionalPathField = OptionalPathField()
+    # Pre-shared keys, TLS 1.2/1.3 and DTLS 1.2 (see core/psk.py, docs/howto/psk.rst).
+    psk_file: OptionalPathField = OptionalPathField()
+    """``IDENTITY:HEXKEY`` lines; read (and re-read on reload) when the contexts are built."""
+    psk_keys: Mapping[str, bytes] = field(default_factory=dict, repr=False, hash=False)
+    """Identity → key, for applications that keep keys elsewhere (merged with ``psk_file``)."""
+    psk_identity_hint: str | None = None
+    psk_ciphers: str = DEFAULT_PSK_CIPHERS
+    """TLS 1.2/DTLS 1.2 PSK suites, offered (before ``ciphers``) only with pre-shared keys."""
+    # Client identity rules (see core/client_identity.py, docs/howto/identity.rst).
+    allow_client_subjects: tuple[str, ...] = ()
+    """Client certificate subjects admitted (RFC 4514, as the access log prints them)."""
+    allow_client_sans: tuple[str, ...] = ()
+    """DNS names (``*.example.com``) and URIs (``spiffe://domain/path/*``) admitted."""
+    crl_file: OptionalPathField = OptionalPathField()
+    """CRLs (PEM or DER) from the CAs in ``ca_file``; client certificates are checked."""
+    _identity_rules: ClientIdentityRules = field(
+        default=ClientIdentityRules((), ()), init=False, repr=False, compare=False, hash=False
+    )
     handshake_timeout: float = 10.0
     idle_timeout: float | None = 300.0
+    """Close a connection or DTLS peer after this long without application data either way."""
+    max_connection_lifetime: float | None = None
+    """Close a connection or DTLS peer this long after it began, busy or not (None: never)."""
     max_connections: int = 1024
     drain_timeout: float = 10.0
     """On shutdown, how long handlers get to finish after close_notify."""
+    drain_delay: float = 0.0
+    """On a stop request, how long to go on accepting (while /readyz says not
+    ready, so that load balancers stop sending) before the drain starts."""
     per_source_rate: float = 50.0
     """New handshakes per second one source may start (TLS connections, DTLS
     peers after their cookie); 0 = no limit. A source is an IPv4 address or
@@ -271,8 +341,16 @@ class ServerSettings:
     cookie_rotation: float = 60.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.certificate, CertificateSettings):
+        _set(self, "psk_keys", _psk_keys(self.psk_keys))
+        if self.psk_identity_hint is not None:
+            check_identity(self.psk_identity_hint, "psk_identity_hint")
+        _ciphers(self.psk_ciphers, "psk_ciphers")
+        if self.certificate is None and not self.psk_enabled:
+            raise ConfigError("certificate is required (unless the server has psk_file/psk_keys)")
+        if self.certificate is not None and not isinstance(self.certificate, CertificateSettings):
             raise ConfigError("certificate must be a CertificateSettings")
+        if self.certificate is None and self.sni_certificates:
+            raise ConfigError("sni_certificates need a default certificate too")
         for sni in self.sni_certificates:
             if not sni.server_names:
                 raise ConfigError(f"SNI certificate {sni.cert_file} lists no server_names")
@@ -292,8 +370,11 @@ class ServerSettings:
         _set(self, "alpn", _alpn(self.alpn, "server"))
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
         _set(self, "idle_timeout", _optional_positive(self.idle_timeout, "idle_timeout"))
+        lifetime = _optional_positive(self.max_connection_lifetime, "max_connection_lifetime")
+        _set(self, "max_connection_lifetime", lifetime)
         _count(self.max_connections, "max_connections")
         _set(self, "drain_timeout", _positive(self.drain_timeout, "drain_timeout"))
+        _set(self, "drain_delay", _non_negative(self.drain_delay, "drain_delay"))
         _set(self, "per_source_rate", _rate(self.per_source_rate, "per_source_rate"))
         _count(self.per_source_burst, "per_source_burst")
         _count(self.per_source_connections, "per_source_connections", minimum=0)
@@ -312,6 +393,14 @@ class ServerSettings:
         networks = _proxy_networks(self.proxy_trusted, self.proxy_protocol)
         _set(self, "proxy_trusted", tuple(str(net) for net in networks))
         _set(self, "_proxy_networks", networks)
+        _set(self, "allow_client_subjects", tuple(self.allow_client_subjects))
+        _set(self, "allow_client_sans", tuple(self.allow_client_sans))
+        _set(self, "_identity_rules", _identity_rules(self))
+
+    @property
+    def psk_enabled(self) -> bool:
+        """Whether this server has pre-shared keys (a file or a table)."""
+        return self.psk_file is not None or bool(self.psk_keys)
 
     def proxy_trusts(self, host: str) -> bool:
         """Whether a connection from *host* may send a PROXY header (per ``proxy_trusted``)."""
@@ -343,6 +432,10 @@ class ClientSettings:
     ``require_ocsp`` also fails the handshake unless the staple is present,
     valid and GOOD. Paths may be given as ``str`` or any ``os.PathLike``;
     they are held as :class:`~pathlib.Path`.
+    ``psk_identity`` and ``psk_key`` (both or neither) offer a pre-shared key:
+    the ``psk_ciphers`` are then offered first, and a TLS 1.3 ClientHello
+    carries the key too (a server that does not know it answers with its
+    certificate, which is verified as usual).
     """
 
     ca_file: OptionalPathField = OptionalPathField()
@@ -357,6 +450,9 @@ class ClientSettings:
     handshake_timeout: float = 10.0
     request_ocsp: bool = False
     require_ocsp: bool = False
+    psk_identity: str | None = None
+    psk_key: bytes | None = field(default=None, repr=False)
+    psk_ciphers: str = DEFAULT_PSK_CIPHERS
     offload: OffloadSettings = field(default_factory=OffloadSettings)
     mtu: int = DEFAULT_DTLS_MTU
     """DTLS only: the largest datagram we send, in bytes of ciphertext."""
@@ -375,4 +471,10 @@ class ClientSettings:
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
         if self.require_ocsp:
             _set(self, "request_ocsp", True)
+        if (self.psk_identity is None) != (self.psk_key is None):
+            raise ConfigError("psk_identity and psk_key go together: give both or neither")
+        if self.psk_identity is not None:
+            check_identity(self.psk_identity, "psk_identity")
+            _set(self, "psk_key", check_key(self.psk_key, "psk_key"))
+        _ciphers(self.psk_ciphers, "psk_ciphers")
         _mtu(self.mtu)

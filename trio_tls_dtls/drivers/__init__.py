@@ -7,6 +7,11 @@ What lives here
   thin loop around a core engine.
 * The servers: the TLS accept loop and the DTLS endpoint, which carries out
   what the core's cookie gate decides for each datagram.
+* One lifecycle (:mod:`.lifecycle`) for a TLS connection and a DTLS peer:
+  admission, handshake with a deadline, handler with the idle deadline,
+  close, and a close record handed to a sink. Drivers emit close records;
+  they do not write access lines or own metrics (the service does, and a
+  server used alone falls back to counting into its stats and logging).
 * The clients (``open_tls_stream``, ``open_dtls_channel``) and their
   session cache (one per ``ClientSettings`` object), the listeners.
 * The engine guard (:mod:`.engine_guard`): one per stream or channel, the

@@ -1,4 +1,4 @@
-"""Binding listeners, with errors that say which port and why."""
+"""Binding listeners (TCP) and sockets (UDP), with errors that say which port and why."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ import trio
 from ..core.errors import ConfigError, ListenError
 from ..core.peer_info import Address
 
-__all__ = ["normalize_address", "open_tcp_listeners", "validate_port"]
+__all__ = [
+    "listen_error",
+    "normalize_address",
+    "open_tcp_listeners",
+    "open_udp_sockets",
+    "validate_port",
+]
 
 
 def validate_port(port: object, name: str = "port") -> int:
@@ -67,36 +73,65 @@ async def open_tcp_listeners(
             return await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
             raise listen_error(exc, host, port, "TCP") from exc
+    reuse = (_stdsocket.SO_REUSEADDR, _stdsocket.SO_REUSEPORT)
+    sockets = await _bind_each(host, port, _stdsocket.SOCK_STREAM, "TCP", reuse)
     try:
-        infos = await trio.socket.getaddrinfo(
-            host, port, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_PASSIVE
-        )
+        for sock in sockets:
+            sock.listen(_BACKLOG)
     except OSError as exc:
+        for sock in sockets:
+            sock.close()
         raise listen_error(exc, host, port, "TCP") from exc
-    listeners: list[trio.SocketListener] = []
+    return [trio.SocketListener(sock) for sock in sockets]
+
+
+async def open_udp_sockets(
+    port: int, host: str | None, *, reuse_port: bool = False
+) -> list[trio.socket.SocketType]:
+    """One bound UDP socket per address *host* resolves to (IPv6 sockets v6-only).
+
+    With *reuse_port*, every socket gets SO_REUSEPORT (workers sharing a port).
+    """
+    validate_port(port)
+    reuse = (_stdsocket.SO_REUSEPORT,) if reuse_port else ()
+    return await _bind_each(host, port, _stdsocket.SOCK_DGRAM, "UDP", reuse)
+
+
+async def _bind_each(
+    host: str | None, port: int, kind: int, proto_name: str, options: tuple[int, ...]
+) -> list[trio.socket.SocketType]:
+    """A socket of *kind* bound to each address *host* resolves to (once each).
+
+    Every socket gets the SOL_SOCKET *options* set, IPv6 ones IPV6_V6ONLY (so
+    an IPv4 socket on the same port does not collide). On any failure the
+    sockets made so far are closed and a ListenError says what and why.
+    """
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=kind, flags=_stdsocket.AI_PASSIVE)
+    except OSError as exc:
+        raise listen_error(exc, host, port, proto_name) from exc
+    sockets: list[trio.socket.SocketType] = []
     seen: set[object] = set()
     try:
-        for family, kind, proto, _, sockaddr in infos:
+        for family, sock_kind, proto, _, sockaddr in infos:
             if sockaddr in seen:
                 continue
             seen.add(sockaddr)
-            sock = trio.socket.socket(family, kind, proto)
+            sock = trio.socket.socket(family, sock_kind, proto)
+            sockets.append(sock)
             try:
-                sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEADDR, 1)
-                sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
+                for option in options:
+                    sock.setsockopt(_stdsocket.SOL_SOCKET, option, 1)
                 if family == _stdsocket.AF_INET6:
                     sock.setsockopt(_stdsocket.IPPROTO_IPV6, _stdsocket.IPV6_V6ONLY, 1)
                 await sock.bind(sockaddr)
-                sock.listen(_BACKLOG)
             except OSError as exc:
-                sock.close()
-                raise listen_error(exc, host, port, "TCP") from exc
-            listeners.append(trio.SocketListener(sock))
+                raise listen_error(exc, host, port, proto_name) from exc
     except BaseException:
-        for listener in listeners:
-            listener.socket.close()
+        for sock in sockets:
+            sock.close()
         raise
-    return listeners
+    return sockets
 
 
 # What trio.open_tcp_listeners uses by default: the kernel caps it at somaxconn.

@@ -2,7 +2,7 @@
 
 ``json`` writes one object per line: ``time`` (ISO 8601, UTC), ``level``,
 ``logger``, ``message``, plus ``conn`` (the fields of the per-connection
-close record, see :mod:`trio_tls_dtls.drivers.close_accounting`) when the record has them, and
+close record, see :mod:`trio_tls_dtls.core.close_record`) when the record has them, and
 ``exception`` when one was logged.
 """
 

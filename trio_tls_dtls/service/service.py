@@ -5,7 +5,8 @@
 runs each listener as a child of one nursery, each reporting readiness
 through ``task_status.started()``. A failure inside one connection or peer
 never reaches the nursery: the servers catch it per task. Either listener can
-be left out.
+be left out. Both servers send their close records to one
+:class:`~.access_log.AccessLog`, which counts and logs them.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from ..core.dtls_cookie import CookieSecrets
 from ..core.errors import ConfigError, ListenError, TLSDError
 from ..core.peer_info import Address, format_address
 from ..core.settings import ServerSettings
-from ..drivers.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler, open_udp_sockets
-from ..drivers.listeners import normalize_address, open_tcp_listeners
+from ..drivers.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler
+from ..drivers.listeners import normalize_address, open_tcp_listeners, open_udp_sockets
 from ..drivers.offload import CryptoOffload
 from ..drivers.tls.server import TLSHandler, TLSServer, echo_handler
+from . import sd_notify
+from .access_log import AccessLog
 
 __all__ = ["Service", "serve"]
 
@@ -59,12 +62,27 @@ class Service:
         self.offload = offload if offload is not None else CryptoOffload(settings.offload)
         self.tls: TLSServer | None = None
         self.dtls: DTLSServer | None = None
+        self.access_log = AccessLog()
+        """Where both servers' close records go: counted into their stats, logged."""
         if tls:
-            self.tls = TLSServer(tls_handler, settings, context=tls_context, offload=self.offload)
+            self.tls = TLSServer(
+                tls_handler,
+                settings,
+                context=tls_context,
+                offload=self.offload,
+                on_close=self.access_log,
+            )
+            self.access_log.counts["tls"] = self.tls.stats
         if dtls:
             self.dtls = DTLSServer(
-                dtls_handler, settings, context=dtls_context, offload=self.offload, cookies=cookies
+                dtls_handler,
+                settings,
+                context=dtls_context,
+                offload=self.offload,
+                cookies=cookies,
+                on_close=self.access_log,
             )
+            self.access_log.counts["dtls"] = self.dtls.stats
         self._listeners: list[trio.SocketListener] = []
         self._sockets: list[trio.socket.SocketType] = []
         self.tls_addresses: list[Address] = []
@@ -72,6 +90,11 @@ class Service:
         self.reloads = 0
         self.reloads_failed = 0
         self._reuse_port = False
+        self.serving = False
+        """True while :meth:`run` serves (listeners started), False before and after."""
+        self.stopping: str | None = None
+        """Why the service is stopping, from the first stop request on (see
+        :meth:`begin_stopping`); None until then. /readyz reports it."""
 
     @property
     def port(self) -> int:
@@ -155,9 +178,24 @@ class Service:
                 await nursery.start(self.tls.serve, self._listeners)
             if self.dtls is not None:
                 await nursery.start(self.dtls.serve, self._sockets)
-            task_status.started(self)
-            await trio.sleep_forever()
+            self.serving = True
+            try:
+                task_status.started(self)
+                nursery.start_soon(sd_notify.announce, self)  # systemd: READY=1, then STATUS=
+                await trio.sleep_forever()
+            finally:
+                self.serving = False
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def begin_stopping(self, why: str) -> None:
+        """Say the service is on its way out: it still serves, but is no longer ready.
+
+        Called at the first stop request, before any drain delay, so that
+        ``/readyz`` fails at once (:mod:`trio_tls_dtls.service.health`). The
+        first reason given is kept.
+        """
+        if self.stopping is None:
+            self.stopping = why
 
     def reload(self) -> bool:
         """Re-read certificates and keys from disk for new handshakes.
@@ -166,6 +204,10 @@ class Service:
         file is missing or bad, the old certificates stay in use, the reason
         is logged, and this returns False.
         """
+        with sd_notify.reloading():  # systemd: RELOADING=1, then READY=1
+            return self._reload_contexts()
+
+    def _reload_contexts(self) -> bool:
         try:
             tls = build_server_context(self.settings) if self.tls is not None else None
             dtls = build_server_context(self.settings, dtls=True) if self.dtls is not None else None
@@ -188,6 +230,8 @@ class Service:
         :meth:`open_count` then says how many were still open, and
         cancelling :meth:`run` cuts them.
         """
+        self.begin_stopping("draining")
+        sd_notify.stopping(self.open_count())  # systemd: STOPPING=1
         async with trio.open_nursery() as nursery:
             if self.tls is not None:
                 nursery.start_soon(self.tls.drain)

@@ -14,34 +14,38 @@ draining). This module only carries out the decision:
   and keep nothing;
 * ``Admit``: the cookie proved the address, so apply the per-source limits,
   then make the OpenSSL connection, the peer-table entry and the task.
+
+Each admitted peer's task runs the shared lifecycle (:mod:`..lifecycle`:
+handshake with a deadline, handler with the idle deadline, close, close
+record), the same as a TLS connection's.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import socket as _stdsocket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 from OpenSSL import SSL
 
+from ...core.close_record import CloseSink
 from ...core.contexts import build_server_context
 from ...core.cookie_gate import Admit, Deliver, Drop, Reply, decide
 from ...core.dtls_cookie import CookieSecrets
 from ...core.engine import DTLSEngine
 from ...core.errors import HandshakeError
+from ...core.latency_histogram import LatencyHistogram
 from ...core.peer_info import Address, PeerInfo, format_address
 from ...core.peer_table import PeerTable
 from ...core.settings import ServerSettings
-from ...core.source_limits import LogThrottle, Refusal, SourceLimits
-from ..close_accounting import LatencyHistogram, account_close, log_refusal
-from ..idle_deadline import IdleDeadline
-from ..listeners import listen_error, normalize_address, validate_port
+from ...core.source_limits import Refusal, SourceLimits
+from ..lifecycle import Lifecycle, Opened, Transport
+from ..listeners import normalize_address, open_udp_sockets
 from ..offload import CryptoOffload
 from .channel import DTLSChannel
 from .link import MAX_DATAGRAM, PeerLink, SocketSender
@@ -53,7 +57,14 @@ logger = logging.getLogger(__name__)
 DTLSHandler = Callable[[DTLSChannel, PeerInfo], Awaitable[object]]
 """``async def handler(channel, peer)``: serve one DTLS peer after its handshake."""
 
+# How long a peer may take to say goodbye (one close_notify datagram).
 CLOSE_TIMEOUT = 1.0
+# In a drain, how long a peer that has our close_notify gets to answer (or
+# finish) before it is cut: it owes us nothing, and one that is gone never
+# answers (see drivers/lifecycle.py).
+GOODBYE_GRACE = 1.0
+
+_TRANSPORT = Transport("DTLS", "peer", logger, CLOSE_TIMEOUT, goodbye_grace=GOODBYE_GRACE)
 
 # Linux reports ICMP errors for earlier sends on unconnected UDP sockets as
 # receive errors; they say nothing about this endpoint.
@@ -90,30 +101,45 @@ class _Peer:
     """A peer-table entry: its queue, its task's cancel scope, its ClientHello.
 
     The one scope also carries the idle deadline (a second scope per peer
-    would be a few hundred bytes more of per-peer memory); ``stopped`` tells
-    a removal from an idle timeout.
+    would be a few hundred bytes more of per-peer memory); the lifecycle
+    tells a cut (:meth:`stop`) from an idle timeout by that deadline.
     """
 
-    __slots__ = ("channel", "hello_id", "link", "scope", "stopped")
+    __slots__ = ("channel", "hello_id", "link", "scope")
 
     def __init__(self, link: PeerLink, hello_id: bytes) -> None:
         self.link = link
         self.hello_id = hello_id
         self.scope = trio.CancelScope()
-        self.stopped = False
         self.channel: DTLSChannel | None = None
 
     def stop(self) -> None:
-        self.stopped = True
+        """Cut it short and close its link: it sends nothing more, not even close_notify.
+
+        For a peer replaced by a new handshake from its address (that
+        address belongs to the new association now), and for the end of a
+        drain's grace (our close_notify has gone out).
+        """
         self.scope.cancel()
         self.link.close()
+
+    def evict(self) -> None:
+        """Cut it short; its close_notify still goes out as it closes.
+
+        It has left the table, so no datagram reaches its queue any more; its
+        own close closes the link after saying goodbye.
+        """
+        self.scope.cancel()
 
 
 class DTLSServer:
     """Serves DTLS on UDP sockets it is given; see :func:`serve_dtls`.
 
     *cookies* overrides the secrets built from *settings* (workers share
-    one); *clock* is the wall clock the cookie epochs follow.
+    one); *clock* is the wall clock the cookie epochs follow. *on_close*
+    gets each peer's close record, as for
+    :class:`~trio_tls_dtls.drivers.tls.server.TLSServer` (by default it is
+    counted into :attr:`stats` and logged as the access line).
     """
 
     def __init__(
@@ -125,6 +151,7 @@ class DTLSServer:
         offload: CryptoOffload | None = None,
         cookies: CookieSecrets | None = None,
         clock: Callable[[], float] = time.time,
+        on_close: CloseSink | None = None,
     ) -> None:
         self.handler = handler
         self.settings = settings
@@ -137,7 +164,6 @@ class DTLSServer:
         self.sockets: list[trio.socket.SocketType] = []
         self.admitting = True
         """False once draining: no new peers, only the existing ones are served."""
-        self._peer_ended = trio.Event()
         self._closing_senders: list[SocketSender] = []
         self.source_limits = SourceLimits.unless_off(
             rate=settings.per_source_rate,
@@ -145,7 +171,10 @@ class DTLSServer:
             max_connections=settings.per_source_connections,
             exempt=settings.per_source_exempt,
         )
-        self._refusal_log = LogThrottle()
+        self.lifecycle = Lifecycle(
+            _TRANSPORT, settings, handler, self.stats, on_close, open=self._open, left=self._left
+        )
+        """Each peer's life, from its handshake to its close record."""
 
     @property
     def addresses(self) -> list[Address]:
@@ -177,18 +206,19 @@ class DTLSServer:
     async def drain(self) -> None:
         """Admit no new peers, send close_notify to every peer, wait for handlers.
 
-        Returns once every peer task has ended (a peer ends when it answers
-        with its own close_notify, or its handler returns). Bound it with
-        ``trio.move_on_after``; ``stats.peers_active`` tells how many were
-        left, and cancelling :meth:`serve` cuts them.
+        Returns once every peer task has ended: a peer ends when it answers
+        with its own close_notify or its handler returns, and a peer that
+        has neither done within ``GOODBYE_GRACE`` (a second; our close_notify
+        is sent again halfway) is cut, so a peer that has gone without a
+        word never holds the drain. Bound it with ``trio.move_on_after``
+        all the same; ``stats.peers_active`` tells how many were left, and
+        cancelling :meth:`serve` cuts them.
         """
         self.admitting = False
-        async with trio.open_nursery() as nursery:
-            for peer in self.peers.values():
-                nursery.start_soon(_say_goodbye, peer)
-        while self.stats.peers_active:
-            await self._peer_ended.wait()
-            self._peer_ended = trio.Event()
+        await self.lifecycle.drain(
+            [(peer.channel, peer.stop) for peer in self.peers.values()],
+            lambda: self.stats.peers_active,
+        )
 
     # -- the receive loop ----------------------------------------------------------
 
@@ -303,12 +333,13 @@ class DTLSServer:
                 logger.info(
                     "new handshake from %s replaces its old association", format_address(key[1])
                 )
+                old.stop()
             else:
                 self.stats.peers_evicted += 1
                 logger.info(
                     "peer table full: evicting idle peer %s", format_address(old.link.address)
                 )
-            old.stop()
+                old.evict()
         self.stats.peers_total += 1
         self.stats.peers_active += 1
         nursery.start_soon(self._peer_task, key, peer, engine)
@@ -316,116 +347,34 @@ class DTLSServer:
     def _refuse(self, address: Address, why: Refusal) -> None:
         """Drop a valid ClientHello the per-source limits refuse; the client retries later."""
         self.stats.dropped[f"per_source_{why}"] += 1
-        log_refusal(self._refusal_log, trio.current_time(), address, why, "DTLS peer")
+        self.lifecycle.log_refusal(address, why, "DTLS peer")
 
     # -- one peer --------------------------------------------------------------------
 
-    async def _peer_task(self, key: tuple[int, Address], peer: _Peer, engine: DTLSEngine) -> None:
-        address = key[1]
-        channel = DTLSChannel(peer.link, engine, offload=self.offload, peer_address=address)
+    def _peer_task(
+        self, key: tuple[int, Address], peer: _Peer, engine: DTLSEngine
+    ) -> Coroutine[Any, Any, None]:
+        """The task _start_peer starts for an admitted peer: its whole life (the lifecycle)."""
+        return self.lifecycle.run((key, peer, engine))
+
+    async def _open(self, ticket: _PeerTicket) -> Opened[DTLSChannel]:
+        """The channel of a peer the cookie gate and the limits admitted."""
+        key, peer, engine = ticket
+        channel = DTLSChannel(peer.link, engine, offload=self.offload, peer_address=key[1])
         peer.channel = channel
-        started = trio.current_time()
-        info: PeerInfo | None = None
-        reason, error = "cancelled", None
-        try:
-            with peer.scope:
-                info, reason, error = await self._handshake(channel, address)
-                if info is not None:
-                    reason = "cancelled"  # unless the handler returns
-                    reason = await self._run_handler(channel, info, peer.scope)
-            if peer.scope.cancelled_caught:
-                if peer.stopped:  # replaced, evicted, or cut by a drain
-                    reason = "drained" if not self.admitting else "removed"
-                else:  # only the idle deadline cancels it otherwise
-                    reason = "idle_timeout"
-                    self.stats.idle_timeouts += 1
-                    logger.info(
-                        "DTLS peer %s idle for %gs: removed",
-                        format_address(address),
-                        self.settings.idle_timeout,
-                    )
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = "broken"
-            logger.info("DTLS peer %s ended: %s", format_address(address), exc)
-        except Exception:
-            reason = "error"
-            self.stats.handler_errors += 1
-            logger.exception("DTLS handler failed for %s", format_address(address))
-        finally:
-            self.peers.remove(key, peer)
-            self.stats.peers_active -= 1
-            if self.source_limits is not None:
-                self.source_limits.release(address[0])
-            self._peer_ended.set()
-            # A hard stop makes aclose raise Cancelled: account and log anyway.
-            try:
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await channel.aclose()
-            finally:
-                account_close(
-                    self.stats,
-                    channel,
-                    address=address,
-                    transport="dtls",
-                    info=info,
-                    duration=trio.current_time() - started,
-                    reason=reason,
-                    handshake_error=error,
-                )
+        return channel, peer.scope, key[1]
 
-    async def _handshake(
-        self, channel: DTLSChannel, address: Address
-    ) -> tuple[PeerInfo | None, str, str | None]:
-        """The peer's info, or None with why: (info, close reason, handshake error)."""
-        started = trio.current_time()
-        try:
-            with trio.fail_after(self.settings.handshake_timeout):
-                await channel.do_handshake()
-        except trio.TooSlowError:
-            self.stats.handshakes_failed["timeout"] += 1
-            logger.info(
-                "DTLS handshake from %s timed out after %gs",
-                format_address(address),
-                self.settings.handshake_timeout,
-            )
-            return None, "handshake_timeout", None
-        except HandshakeError as exc:
-            self.stats.handshakes_failed[exc.reason] += 1
-            logger.info("DTLS handshake from %s failed: %s", format_address(address), exc.reason)
-            return None, "handshake_failed", exc.reason
-        elapsed = trio.current_time() - started
-        self.stats.handshakes_ok += 1
-        self.stats.handshake_seconds.observe(elapsed)
-        info = channel.info
-        logger.info("DTLS handshake ok: %s time=%.1fms", info.describe(), elapsed * 1000)
-        return info, "handshake_done", None
-
-    async def _run_handler(
-        self, channel: DTLSChannel, info: PeerInfo, scope: trio.CancelScope
-    ) -> str:
-        """Run the handler with the idle deadline on the peer's *scope*; why the peer ended."""
-        timeout = self.settings.idle_timeout
-        if timeout is not None:
-            channel.on_activity = IdleDeadline(scope, timeout).touch
-        await self.handler(channel, info)
-        if not self.admitting:
-            return "drained"
-        return "peer_closed" if channel.peer_closed else "handler_done"
+    def _left(self, opened: Opened[DTLSChannel], ticket: _PeerTicket) -> None:
+        """A peer is closing: it leaves the table (its address is a stranger's again)."""
+        key, peer, _ = ticket
+        self.peers.remove(key, peer)
+        self.stats.peers_active -= 1
+        if self.source_limits is not None:
+            self.source_limits.release(key[1][0])
 
 
-async def _say_goodbye(peer: _Peer) -> None:
-    """close_notify for a drain; a peer still in its handshake is cut instead."""
-    channel = peer.channel
-    if channel is None or not channel.handshake_done:
-        peer.stop()
-        return
-    with trio.move_on_after(CLOSE_TIMEOUT):
-        try:
-            await channel.send_close_notify()
-        except trio.BusyResourceError:  # the handler is sending: the drain timeout decides
-            pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            peer.stop()
+# What a peer's task starts with: its table key, its entry, its engine.
+_PeerTicket = tuple[tuple[int, Address], _Peer, DTLSEngine]
 
 
 def cookie_secrets_for(settings: ServerSettings) -> CookieSecrets:
@@ -443,41 +392,6 @@ async def dtls_echo_handler(channel: DTLSChannel, peer: PeerInfo) -> None:
         await channel.send(message)
 
 
-async def open_udp_sockets(
-    port: int, host: str | None, *, reuse_port: bool = False
-) -> list[trio.socket.SocketType]:
-    """One bound UDP socket per address *host* resolves to (IPv6 sockets v6-only)."""
-    validate_port(port)
-    try:
-        infos = await trio.socket.getaddrinfo(
-            host, port, type=_stdsocket.SOCK_DGRAM, flags=_stdsocket.AI_PASSIVE
-        )
-    except OSError as exc:
-        raise listen_error(exc, host, port, "UDP") from exc
-    sockets: list[trio.socket.SocketType] = []
-    seen: set[object] = set()
-    try:
-        for family, kind, proto, _, sockaddr in infos:
-            if sockaddr in seen:
-                continue
-            seen.add(sockaddr)
-            sock = trio.socket.socket(family, kind, proto)
-            sockets.append(sock)
-            if family == _stdsocket.AF_INET6:
-                sock.setsockopt(_stdsocket.IPPROTO_IPV6, _stdsocket.IPV6_V6ONLY, 1)
-            if reuse_port:
-                sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
-            try:
-                await sock.bind(sockaddr)
-            except OSError as exc:
-                raise listen_error(exc, host, port, "UDP") from exc
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
 async def serve_dtls(
     handler: DTLSHandler,
     port: int,
@@ -485,15 +399,17 @@ async def serve_dtls(
     host: str | None = None,
     settings: ServerSettings,
     offload: CryptoOffload | None = None,
+    on_close: CloseSink | None = None,
     task_status: trio.TaskStatus[DTLSServer] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve DTLS 1.2 on UDP *host*:*port*, running ``await handler(channel, peer)`` per peer.
 
     ``nursery.start(serve_dtls, ...)`` returns the :class:`DTLSServer` once
-    its sockets are bound. Runs until cancelled. Raises
+    its sockets are bound. Runs until cancelled. *on_close* is where each
+    peer's close record goes (see :class:`DTLSServer`). Raises
     :class:`~trio_tls_dtls.core.errors.ListenError` if it cannot bind and
     :class:`~trio_tls_dtls.core.errors.ConfigError` for bad settings or files.
     """
-    server = DTLSServer(handler, settings, offload=offload)
+    server = DTLSServer(handler, settings, offload=offload, on_close=on_close)
     sockets = await open_udp_sockets(port, host)
     await server.serve(sockets, task_status=task_status)

@@ -1,9 +1,13 @@
-"""The TLS server: accept, limit, handshake with a deadline, run the handler, close.
+"""The TLS server: accept, admit, then each connection's life in its own task.
 
-Each connection is its own task in one nursery. Whatever happens inside a
-connection (a bad handshake, a peer that resets, a handler that raises) is
-caught, counted and logged in that task, so it never reaches the nursery and
-never disturbs another connection. Only cancellation (shutdown) propagates.
+The accept loop counts and caps connections; each admitted one runs the
+shared lifecycle (:mod:`..lifecycle`: handshake with a deadline, handler with
+the idle deadline, close, close record), whose *open* hook is :meth:`TLSServer._open`
+(the client's address, an optional PROXY header, the per-source limits).
+Whatever happens inside a connection (a bad handshake, a peer that resets, a
+handler that raises) is caught, counted and logged in that task, so it never
+reaches the nursery and never disturbs another connection. Only
+cancellation (shutdown) propagates.
 """
 
 from __future__ import annotations
@@ -17,15 +21,15 @@ from dataclasses import dataclass, field
 import trio
 from OpenSSL import SSL
 
+from ...core.close_record import CloseRecord, CloseSink
 from ...core.contexts import build_server_context
 from ...core.engine import TLSEngine
-from ...core.errors import HandshakeError
+from ...core.latency_histogram import LatencyHistogram
 from ...core.peer_info import Address, PeerInfo, format_address
 from ...core.proxy_protocol import MAX_HEADER_LENGTH, ProxyHeaderError, ProxyHeaderParser
 from ...core.settings import ServerSettings
-from ...core.source_limits import LogThrottle, Refusal, SourceLimits
-from ..close_accounting import LatencyHistogram, account_close, log_close, log_refusal
-from ..idle_deadline import IdleDeadline
+from ...core.source_limits import Refusal, SourceLimits
+from ..lifecycle import Lifecycle, Opened, Transport
 from ..listeners import normalize_address, open_tcp_listeners
 from ..offload import CryptoOffload
 from .stream import TLSStream
@@ -39,9 +43,9 @@ TLSHandler = Callable[[TLSStream, PeerInfo], Awaitable[object]]
 
 # How long a connection may take to say goodbye (our close_notify) after the
 # handler returns, before the socket is simply closed.
-_GOODBYE_ATTEMPTS = 20
-_GOODBYE_RETRY = 0.05
 CLOSE_TIMEOUT = 2.0
+
+_TRANSPORT = Transport("TLS", "connection", logger, CLOSE_TIMEOUT)
 
 # Accept errors that mean "out of resources right now": pause, don't die.
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -77,6 +81,13 @@ class TLSServer:
 
     *context* overrides the one built from *settings* (the service builds
     contexts itself to share them across workers and to reload them).
+    *on_close* gets each connection's
+    :class:`~trio_tls_dtls.core.close_record.CloseRecord` when it ends; by
+    default the record is counted into :attr:`stats` (``closed_by_reason``,
+    ``bytes_in``, ``bytes_out``) and logged as the access line on
+    ``trio_tls_dtls.access``. A sink of your own replaces both (call
+    :func:`~trio_tls_dtls.core.close_record.count_close` and
+    :func:`~trio_tls_dtls.core.close_record.log_close` to keep them).
     """
 
     def __init__(
@@ -86,6 +97,7 @@ class TLSServer:
         *,
         context: SSL.Context | None = None,
         offload: CryptoOffload | None = None,
+        on_close: CloseSink | None = None,
     ) -> None:
         self.handler = handler
         self.settings = settings
@@ -96,15 +108,23 @@ class TLSServer:
         self._accepting = trio.CancelScope()
         # Open connections, with the scope that cuts each one short.
         self._connections: dict[TLSStream, trio.CancelScope] = {}
-        self._connection_ended = trio.Event()
-        self._draining = False
         self.source_limits = SourceLimits.unless_off(
             rate=settings.per_source_rate,
             burst=settings.per_source_burst,
             max_connections=settings.per_source_connections,
             exempt=settings.per_source_exempt,
         )
-        self._refusal_log = LogThrottle()
+        self.lifecycle = Lifecycle(
+            _TRANSPORT,
+            settings,
+            handler,
+            self.stats,
+            on_close,
+            open=self._open,
+            left=self._left,
+            ended=self._ended,
+        )
+        """Each connection's life, from admission to its close record."""
 
     @property
     def addresses(self) -> list[Address]:
@@ -138,13 +158,10 @@ class TLSServer:
         :meth:`serve` cuts them.
         """
         self._accepting.cancel()
-        self._draining = True
-        async with trio.open_nursery() as nursery:
-            for stream, scope in list(self._connections.items()):
-                nursery.start_soon(_say_goodbye, stream, scope)
-        while self.stats.active:
-            await self._connection_ended.wait()
-            self._connection_ended = trio.Event()
+        await self.lifecycle.drain(
+            [(stream, scope.cancel) for stream, scope in self._connections.items()],
+            lambda: self.stats.active,
+        )
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         async with listener:
@@ -166,81 +183,34 @@ class TLSServer:
                     await trio.aclose_forcefully(transport)
                     continue
                 self.stats.active += 1
-                nursery.start_soon(self._connection_task, transport)
+                nursery.start_soon(self.lifecycle.run, transport)
 
-    async def _connection_task(self, transport: trio.SocketStream) -> None:
-        # The whole life of a connection is this one coroutine frame (plus
-        # the handler's): an idle connection's parked stack is per-connection
-        # memory, so admission is a call that returns and the handler is
-        # awaited right here.
-        admitted: tuple[Address, bytes] | None = None
-        try:
-            admitted = await self._admit(transport)
-            if admitted is None:
-                return
-            address, leftover = admitted
-            stream = TLSStream(
-                transport,
-                TLSEngine.server(self.context),
-                offload=self.offload,
-                peer_address=address,
-                initial_data=leftover,
-            )
-            scope = self._connections[stream] = trio.CancelScope()
-            started = trio.current_time()
-            info: PeerInfo | None = None
-            reason, error = "cancelled", None
-            try:
-                with scope:
-                    info, reason, error = await self._handshake(stream, address)
-                    if info is not None:
-                        reason = "cancelled"  # unless the handler returns
-                        timeout = self.settings.idle_timeout
-                        if timeout is not None:
-                            # The connection's own scope carries the idle
-                            # deadline: no second scope per connection.
-                            stream.on_activity = IdleDeadline(scope, timeout).touch
-                        await self.handler(stream, info)
-                        reason = self._why_handler_returned(stream)
-                if scope.cancelled_caught:
-                    # The idle deadline passed, or a drain cut a connection
-                    # it saw still in its handshake (which may have finished
-                    # just before the cancellation arrived).
-                    if info is not None and trio.current_time() >= scope.deadline:
-                        reason = self._idle_timed_out(info)
-                    else:
-                        reason = "drained"
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                reason = "broken"
-                logger.info("connection from %s ended: %s", format_address(address), exc)
-            except Exception:
-                reason = "error"
-                self.stats.handler_errors += 1
-                logger.exception("handler failed for %s", format_address(address))
-            finally:
-                del self._connections[stream]
-                # aclose closes the socket even when this deadline cancels it.
-                # A hard stop makes aclose raise Cancelled: account and log anyway.
-                try:
-                    with trio.move_on_after(CLOSE_TIMEOUT):
-                        await stream.aclose()
-                finally:
-                    account_close(
-                        self.stats,
-                        stream,
-                        address=address,
-                        transport="tls",
-                        info=info,
-                        duration=trio.current_time() - started,
-                        reason=reason,
-                        handshake_error=error,
-                    )
-        finally:
-            if admitted is not None and self.source_limits is not None:
-                self.source_limits.release(admitted[0][0])
-            self.stats.active -= 1
-            self.stats.closed += 1
-            self._connection_ended.set()
+    async def _open(self, transport: trio.SocketStream) -> Opened[TLSStream] | None:
+        """Admit a new connection and make its stream; None if it was refused."""
+        admitted = await self._admit(transport)
+        if admitted is None:
+            return None
+        address, leftover = admitted
+        stream = TLSStream(
+            transport,
+            TLSEngine.server(self.context),
+            offload=self.offload,
+            peer_address=address,
+            initial_data=leftover,
+        )
+        scope = self._connections[stream] = trio.CancelScope()
+        return stream, scope, address
+
+    def _left(self, opened: Opened[TLSStream], transport: trio.SocketStream) -> None:
+        """A connection is closing: a drain no longer says goodbye to it."""
+        del self._connections[opened[0]]
+
+    def _ended(self, opened: Opened[TLSStream] | None, transport: trio.SocketStream) -> None:
+        """A connection the accept loop counted has ended (its record is out)."""
+        if opened is not None and self.source_limits is not None:
+            self.source_limits.release(opened[2][0])
+        self.stats.active -= 1
+        self.stats.closed += 1
 
     async def _admit(self, transport: trio.SocketStream) -> tuple[Address, bytes] | None:
         """The client's address and any bytes read past a PROXY header; None if refused.
@@ -271,7 +241,7 @@ class TLSServer:
     def _refuse(self, address: Address, why: Refusal) -> None:
         """Count (and, a line a second at most, log) a connection the per-source limits refused."""
         self.stats.rejected_per_source[why] += 1
-        log_refusal(self._refusal_log, trio.current_time(), address, why, "connection")
+        self.lifecycle.log_refusal(address, why, "connection")
 
     async def _read_proxy_header(
         self, transport: trio.SocketStream, address: Address
@@ -330,74 +300,19 @@ class TLSServer:
     ) -> None:
         """Close a connection refused before TLS; count it and log it."""
         await trio.aclose_forcefully(transport)
-        reason = "proxy_untrusted" if why == "untrusted" else "proxy_header"
         self.stats.proxy_rejected[why] += 1
-        self.stats.closed_by_reason[reason] += 1
         logger.info("refused connection from %s: %s", format_address(address), detail)
-        log_close(
-            address=address,
-            transport="tls",
-            info=None,
-            bytes_in=0,
-            bytes_out=0,
-            duration=trio.current_time() - started,
-            reason=reason,
-        )
-
-    async def _handshake(
-        self, stream: TLSStream, address: Address
-    ) -> tuple[PeerInfo | None, str, str | None]:
-        """The peer's info, or None with why: (info, close reason, handshake error)."""
-        started = trio.current_time()
-        try:
-            with trio.fail_after(self.settings.handshake_timeout):
-                await stream.do_handshake()
-        except trio.TooSlowError:
-            self.stats.handshakes_failed["timeout"] += 1
-            logger.info(
-                "TLS handshake from %s timed out after %gs",
-                format_address(address),
-                self.settings.handshake_timeout,
+        self.lifecycle.emit(
+            CloseRecord(
+                reason="proxy_untrusted" if why == "untrusted" else "proxy_header",
+                transport="tls",
+                peer=address,
+                info=None,
+                bytes_in=0,
+                bytes_out=0,
+                duration=trio.current_time() - started,
             )
-            return None, "handshake_timeout", None
-        except HandshakeError as exc:
-            self.stats.handshakes_failed[exc.reason] += 1
-            logger.info("TLS handshake from %s failed: %s", format_address(address), exc.reason)
-            return None, "handshake_failed", exc.reason
-        elapsed = trio.current_time() - started
-        self.stats.handshakes_ok += 1
-        self.stats.handshake_seconds.observe(elapsed)
-        info = stream.info
-        logger.info("TLS handshake ok: %s time=%.1fms", info.describe(), elapsed * 1000)
-        return info, "handshake_done", None
-
-    def _why_handler_returned(self, stream: TLSStream) -> str:
-        if self._draining:
-            return "drained"
-        return "peer_closed" if stream.peer_closed else "handler_done"
-
-    def _idle_timed_out(self, info: PeerInfo) -> str:
-        self.stats.idle_timeouts += 1
-        logger.info(
-            "closing %s: idle for %gs", format_address(info.address), self.settings.idle_timeout
         )
-        return "idle_timeout"
-
-
-async def _say_goodbye(stream: TLSStream, scope: trio.CancelScope) -> None:
-    """close_notify for a drain; a connection still in its handshake is cut instead."""
-    if not stream.handshake_done:
-        scope.cancel()
-        return
-    for _ in range(_GOODBYE_ATTEMPTS):
-        try:
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await stream.send_close_notify()
-            return
-        except trio.BusyResourceError:  # the handler is sending: let it finish
-            await trio.sleep(_GOODBYE_RETRY)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
 
 
 async def echo_handler(stream: TLSStream, peer: PeerInfo) -> None:
@@ -413,6 +328,7 @@ async def serve_tls(
     host: str | None = None,
     settings: ServerSettings,
     offload: CryptoOffload | None = None,
+    on_close: CloseSink | None = None,
     task_status: trio.TaskStatus[TLSServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve TLS on *host*:*port*, running ``await handler(stream, peer)`` per connection.
@@ -420,10 +336,11 @@ async def serve_tls(
     ``host=None`` listens on every local address. ``nursery.start(serve_tls,
     ...)`` returns the :class:`TLSServer` once it is listening (its
     ``addresses`` tell the port when *port* is 0). Runs until cancelled, or
-    until a :meth:`TLSServer.drain` has finished.
+    until a :meth:`TLSServer.drain` has finished. *on_close* is where each
+    connection's close record goes (see :class:`TLSServer`).
     Raises :class:`~trio_tls_dtls.core.errors.ListenError` if it cannot bind and
     :class:`~trio_tls_dtls.core.errors.ConfigError` for bad settings or files.
     """
-    server = TLSServer(handler, settings, offload=offload)
+    server = TLSServer(handler, settings, offload=offload, on_close=on_close)
     listeners = await open_tcp_listeners(port, host)
     await server.serve(listeners, task_status=task_status)

@@ -98,7 +98,11 @@ class TLSStream(trio.abc.Stream):
         self._guard = EngineGuard(engine, offload)
         self._receive_size = receive_size
         self.on_activity = on_activity
-        """Called whenever ciphertext moves (the server's idle timer uses it)."""
+        """Called when application data moves: a ``receive_some`` returns (data, or
+        b"" after the peer's close_notify) or a ``send_all`` completes. The
+        server's idle deadline uses it. Ciphertext alone never calls it: a
+        record trickled a byte at a time, or one that carries no data
+        (KeyUpdate, session tickets), is not activity."""
         self._state = _State.OK
         self._send_broken = False
         self._handshake_done = False
@@ -181,7 +185,6 @@ class TLSStream(trio.abc.Stream):
             except OSError:  # would block, or failed: trio's send waits or reports it
                 sent = 0
             if sent == len(data):
-                self._activity()
                 return
             data = data[sent:]
         try:
@@ -195,7 +198,6 @@ class TLSStream(trio.abc.Stream):
                     raise trio.ClosedResourceError("this TLSStream was closed") from exc
                 raise trio.BrokenResourceError(f"transport failed while sending: {exc}") from exc
             raise
-        self._activity()
 
     async def _receive_into_engine(self, max_bytes: int | None = None) -> tuple[int, bool]:
         """Read one chunk of ciphertext into the engine: its size, and whether we yielded.
@@ -233,7 +235,6 @@ class TLSStream(trio.abc.Stream):
                 if self._state is _State.OK:
                     self._state = _State.BROKEN
                 raise
-        self._activity()
         if data:
             await self._guard.inline(partial(self._engine.receive_bytes, data))
         else:
@@ -332,6 +333,7 @@ class TLSStream(trio.abc.Stream):
                 self._send_broken = True
                 raise
             self.bytes_sent += len(data)
+            self._activity()
             # The socket may have taken the bytes without waiting; a send is
             # still a schedule point.
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -365,6 +367,7 @@ class TLSStream(trio.abc.Stream):
             if not yielded:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             self.bytes_received += len(data)
+            self._activity()
             return data
 
     async def _receive_plaintext(self, max_bytes: int) -> tuple[bytes, bool]:

@@ -1,0 +1,3 @@
+module trio-tls-dtls/benchmarks/go
+
+go 1.19
