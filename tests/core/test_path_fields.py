@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from trio_tls_dtls import CertificateSettings, ClientSettings, ServerSettings
+from trio_tls_dtls import CertificateSettings, ClientSettings, ServerSettings, VerifyClient
 from trio_tls_dtls.core import settings as settings_module
 from trio_tls_dtls.core.errors import ConfigError
 
@@ -36,14 +36,24 @@ def test_strings_and_path_likes_become_paths() -> None:
         Path("k.log"),
         Path("c.key"),
     )
+    identity = ServerSettings(
+        certificate=cert,
+        ca_file="ca.pem",
+        verify_client=VerifyClient.REQUIRED,
+        crl_file="crl.pem",
+        psk_file="keys.psk",
+    )
+    assert (identity.crl_file, identity.psk_file) == (Path("crl.pem"), Path("keys.psk"))
     client = ClientSettings(ca_file="ca.pem", keylog_file=Path("k.log"))
     assert client.ca_file == Path("ca.pem") and client.keylog_file == Path("k.log")
 
 
 def test_unset_optional_paths_are_none() -> None:
-    server = ServerSettings(certificate=CertificateSettings("a", "b"))
+    cert = CertificateSettings("a", "b")
+    server = ServerSettings(certificate=cert)
     assert server.ca_file is None and server.keylog_file is None
-    assert server.certificate.ocsp_staple_file is None
+    assert server.psk_file is None and server.crl_file is None
+    assert cert.ocsp_staple_file is None
     assert ClientSettings().ca_file is None
 
 
