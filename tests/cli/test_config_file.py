@@ -25,7 +25,8 @@ def test_values_are_checked_and_paths_resolved(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         'port = 8443\ncert = "tls/server.pem"\nidle_timeout = false\n'
-        'protocols = ["dtls"]\nalpn = ["h2"]\nhandshake_timeout = 2\n',
+        'protocols = ["dtls"]\nalpn = ["h2"]\nhandshake_timeout = 2\n'
+        "reload_interval = 0\nticket_key_rotation = 3600\n",
     )
     options = load_config_file(path)
     assert options == {
@@ -35,6 +36,8 @@ def test_values_are_checked_and_paths_resolved(tmp_path: Path) -> None:
         "protocols": ["dtls"],
         "alpn": ["h2"],
         "handshake_timeout": 2.0,
+        "reload_interval": 0.0,
+        "ticket_key_rotation": 3600.0,
     }
     assert set(options) <= set(DEFAULTS)
 
@@ -53,6 +56,8 @@ def test_values_are_checked_and_paths_resolved(tmp_path: Path) -> None:
         ('protocols = ["quic"]\n', "key 'protocols'"),
         ("mtu = 100\n", "key 'mtu': expected an MTU of 512-65507 bytes, got 100"),
         ("port = \n", "is not valid TOML"),
+        ("reload_interval = -5\n", "key 'reload_interval': expected 0 or a positive number"),
+        ("ticket_key_rotation = true\n", "key 'ticket_key_rotation': expected a number"),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, message: str) -> None:

@@ -253,3 +253,17 @@ async def test_our_client_and_a_reload(pki: PKIFiles, sni_files: Path) -> None:
         assert stream.info.certificate is not None
         assert stream.info.certificate.serial_number == pki.pki.server.cert.serial_number
         await stream.aclose()
+
+
+async def test_a_changed_sni_file_reloads_without_a_signal(pki: PKIFiles, sni_files: Path) -> None:
+    """--reload-interval watches the SNI certificate files too (a Kubernetes Secret update)."""
+    settings = pki.client_settings()
+    flags = [*serve_flags(sni_files), "--tls-only", "--reload-interval", "0.2"]
+    async with serving(sni_files, *flags) as (process, banner):
+        port = bound_port(banner, "tcp")
+        fresh = write_other(sni_files, pki)
+        await _read_until(process, b"reloaded certificates")  # no SIGHUP sent
+        stream = await open_tls_stream("127.0.0.1", port, settings=settings, server_hostname=OTHER)
+        assert stream.info.certificate is not None
+        assert stream.info.certificate.serial_number == fresh
+        await stream.aclose()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from OpenSSL import SSL
 
 from tests.conftest import PKIFiles
 from tests.helpers import port_of
@@ -457,3 +458,11 @@ async def test_servers_send_their_records_to_a_sink_of_your_own(
     # The sink replaced the default: no access line, no counting.
     assert [r for r in caplog.records if r.name == "trio_tls_dtls.access"] == []
     assert not tls.stats.closed_by_reason and not dtls.stats.closed_by_reason
+
+
+def test_servers_still_expose_their_current_context(pki: PKIFiles) -> None:
+    """``server.context`` (public before ticket-key fronts) is the current front."""
+    settings = pki.server_settings()
+    for server in (TLSServer(echo_handler, settings), DTLSServer(dtls_echo_handler, settings)):
+        assert isinstance(server.context, SSL.Context)
+        assert server.context is server.contexts.current

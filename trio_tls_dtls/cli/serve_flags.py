@@ -45,7 +45,14 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         "--ocsp-staple",
         type=Path,
         metavar="FILE",
-        help="DER OCSP response to staple (re-read on SIGHUP; see docs/howto/ocsp)",
+        help="DER OCSP response to staple (re-read on reload; see docs/howto/ocsp)",
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=values.non_negative_seconds,
+        metavar="S",
+        help="look at the certificate, key, CA and OCSP files every S seconds and reload "
+        "when they change (default: 10; 0 = only on SIGHUP)",
     )
     p.add_argument(
         "--sni",
@@ -101,6 +108,13 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         "--keylog-file", type=Path, help="append TLS secrets here (SSLKEYLOGFILE format)"
     )
     p.add_argument("--no-session-tickets", action="store_true", help="disable session resumption")
+    p.add_argument(
+        "--ticket-key-rotation",
+        type=values.non_negative_seconds,
+        metavar="S",
+        help="new session-ticket keys every S seconds; the previous ones still resume "
+        "(default: 86400; 0 = never)",
+    )
     p.add_argument("--handshake-timeout", type=values.seconds, metavar="S", help="default: 10")
     p.add_argument(
         "--idle-timeout",

@@ -119,6 +119,8 @@ def settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serve
         psk_file=options["psk_file"],
         keylog_file=options["keylog_file"],
         session_tickets=options["session_tickets"],
+        ticket_key_rotation=options["ticket_key_rotation"],
+        reload_interval=options["reload_interval"],
         handshake_timeout=options["handshake_timeout"],
         idle_timeout=options["idle_timeout"],
         max_connection_lifetime=options["max_connection_lifetime"],

@@ -284,6 +284,12 @@ class ServerSettings:
     session_tickets: bool = True
     """Resume sessions (tickets and the session cache). Always off with pre-shared
     keys: a resumed session would not say which PSK identity it was made with."""
+    ticket_key_rotation: float = 86400.0
+    """Seconds between new session-ticket keys (the previous key still opens
+    tickets until the next rotation); 0 = never. See core/ticket_keys.py."""
+    reload_interval: float = 10.0
+    """Seconds between looks at the files a reload reads (certificates, keys,
+    CA, CRL, PSK, OCSP), to reload when they change; 0 = only on SIGHUP."""
     keylog_file: OptionalPathField = OptionalPathField()
     # Pre-shared keys, TLS 1.2/1.3 and DTLS 1.2 (see core/psk.py, docs/howto/psk.rst).
     psk_file: OptionalPathField = OptionalPathField()
@@ -375,6 +381,9 @@ class ServerSettings:
         _count(self.max_connections, "max_connections")
         _set(self, "drain_timeout", _positive(self.drain_timeout, "drain_timeout"))
         _set(self, "drain_delay", _non_negative(self.drain_delay, "drain_delay"))
+        rotation = _non_negative(self.ticket_key_rotation, "ticket_key_rotation")
+        _set(self, "ticket_key_rotation", rotation)
+        _set(self, "reload_interval", _non_negative(self.reload_interval, "reload_interval"))
         _set(self, "per_source_rate", _rate(self.per_source_rate, "per_source_rate"))
         _count(self.per_source_burst, "per_source_burst")
         _count(self.per_source_connections, "per_source_connections", minimum=0)

@@ -25,7 +25,9 @@ first stop request starts the delay and the drain in the background, a
 second one (during either) cancels the nursery at once, a reload request
 re-reads the certificates. A task that watches for another reason to stop
 (started from the *on_serving* hook) calls :meth:`GracefulStop.stop` and is
-held to the same rule.
+held to the same rule; one that watches for a reason to reload (changed
+certificate files, see :mod:`trio_tls_dtls.service.upkeep`) calls
+:meth:`GracefulStop.reload`.
 
 What "still open" waits for is the drivers' business (``TLSServer.drain``,
 ``DTLSServer.drain``): how long a DTLS peer that has had our close_notify is
@@ -116,6 +118,11 @@ class GracefulStop:
     def on_signal(self, signum: int) -> None:
         """Act on *signum* by :data:`~trio_tls_dtls.service.signals.SIGNAL_MEANINGS`."""
         self._act(self.requests.on_signal(signum), signal.Signals(signum).name)
+
+    def reload(self, cause: str) -> None:
+        """A reload request from *cause* (say, changed files), named in the log: as SIGHUP."""
+        self._log.info("%s: reloading", cause)
+        self._act(Request.RELOAD, cause)
 
     def stop(self, cause: str) -> None:
         """A stop request from *cause* (named in the log line): drain, or stop now if draining."""

@@ -102,7 +102,9 @@ class ServiceCollector(Collector):
             value=offload.busy_threads,
         )
         reloads = CounterMetricFamily(
-            PREFIX + "reloads", "Certificate reloads (SIGHUP), by outcome", labels=["outcome"]
+            PREFIX + "reloads",
+            "Certificate reloads (SIGHUP, changed files), by outcome",
+            labels=["outcome"],
         )
         reloads.add_metric(["ok"], service.reloads)
         reloads.add_metric(["failed"], service.reloads_failed)

@@ -34,7 +34,6 @@ import trio
 from OpenSSL import SSL
 
 from ...core.close_record import CloseSink
-from ...core.contexts import build_server_context
 from ...core.cookie_gate import Admit, Deliver, Drop, Reply, decide
 from ...core.dtls_cookie import CookieSecrets
 from ...core.engine import DTLSEngine
@@ -44,6 +43,7 @@ from ...core.peer_info import Address, PeerInfo, format_address
 from ...core.peer_table import PeerTable
 from ...core.settings import ServerSettings
 from ...core.source_limits import Refusal, SourceLimits
+from ...core.ticket_keys import ServerContexts
 from ..lifecycle import Lifecycle, Opened, Transport
 from ..listeners import normalize_address, open_udp_sockets
 from ..offload import CryptoOffload
@@ -135,8 +135,11 @@ class _Peer:
 class DTLSServer:
     """Serves DTLS on UDP sockets it is given; see :func:`serve_dtls`.
 
-    *cookies* overrides the secrets built from *settings* (workers share
-    one); *clock* is the wall clock the cookie epochs follow. *on_close*
+    *context* is a Context to use as it is, or the
+    :class:`~trio_tls_dtls.core.ticket_keys.ServerContexts` to make peers
+    from (default: built from *settings*). *cookies* overrides the secrets
+    built from *settings* (workers share one); *clock* is the wall clock the
+    cookie epochs follow. *on_close*
     gets each peer's close record, as for
     :class:`~trio_tls_dtls.drivers.tls.server.TLSServer` (by default it is
     counted into :attr:`stats` and logged as the access line).
@@ -147,7 +150,7 @@ class DTLSServer:
         handler: DTLSHandler,
         settings: ServerSettings,
         *,
-        context: SSL.Context | None = None,
+        context: SSL.Context | ServerContexts | None = None,
         offload: CryptoOffload | None = None,
         cookies: CookieSecrets | None = None,
         clock: Callable[[], float] = time.time,
@@ -155,7 +158,11 @@ class DTLSServer:
     ) -> None:
         self.handler = handler
         self.settings = settings
-        self.context = context if context is not None else build_server_context(settings, dtls=True)
+        self.contexts = (
+            context
+            if isinstance(context, ServerContexts)
+            else ServerContexts(settings, dtls=True, context=context)
+        )
         self.offload = offload if offload is not None else CryptoOffload(settings.offload)
         self.cookies = cookies if cookies is not None else cookie_secrets_for(settings)
         self.clock = clock
@@ -175,6 +182,15 @@ class DTLSServer:
             _TRANSPORT, settings, handler, self.stats, on_close, open=self._open, left=self._left
         )
         """Each peer's life, from its handshake to its close record."""
+
+    @property
+    def context(self) -> SSL.Context:
+        """The context new connections start from (the current ticket-key front).
+
+        Read-only, kept for code written before :attr:`contexts`: a reload or a
+        ticket-key rotation replaces what it returns.
+        """
+        return self.contexts.current
 
     @property
     def addresses(self) -> list[Address]:
@@ -320,7 +336,8 @@ class DTLSServer:
                 self._refuse(key[1], refused)
                 return
         try:
-            engine = DTLSEngine.accept(self.context, datagram, mtu=self.settings.mtu)
+            context = self.contexts.for_datagram(datagram)  # the front with its ticket's key
+            engine = DTLSEngine.accept(context, datagram, mtu=self.settings.mtu)
         except HandshakeError as exc:
             self.stats.handshakes_failed[exc.reason] += 1
             if limits is not None:
