@@ -34,10 +34,15 @@ The first ignores single spikes; the second ignores a level that wobbles
 without a trend. Tolerances: RSS max(4 MiB, 5 %); counts (descriptors,
 tasks, connections, peers) max(8, 25 %) of the first-third median, since
 they follow the number of clients in flight. After the run the load stops,
-the server gets its idle timeout plus a margin, and then must be back to
-zero connections, an empty peer table, and the task and descriptor counts
-it had before the first client. Any growth, any such leftover, or more than
-1 % failed clients fails the run (exit status 1).
+the server gets its idle timeout plus a margin; then comes a burst
+(``benchmarks/soak_burst.py``: 2,000 TLS connections and then 500 DTLS
+peers held at once and closed), after which the resident size must be back
+within 25 MiB of where it was before it, with no ``malloc_trim`` asked for
+(the server's own trim after a burst must have done it). Then it must be
+back to zero connections, an empty peer table, and the task and descriptor
+counts it had before the first client. Any growth, any such leftover, a
+failed burst check, or more than 1 % failed clients fails the run (exit
+status 1).
 
 Writes ``benchmarks/results/soak-latest.json``; with ``--update-docs`` also
 ``docs/soak_results.inc`` (a table, included by docs/soak.rst) and
@@ -389,6 +394,11 @@ async def soak(args: argparse.Namespace, server: ServerProcess, s: Settings) -> 
     while trio.current_time() < settle_until:
         await trio.sleep(1)
         await take("settle")
+    # A burst, and whether its memory is given back (benchmarks/soak_burst.py).
+    from soak_burst import burst_check
+
+    burst = await burst_check(server, s)
+    await take("burst")
     end = await take("end", "trim")
 
     verdicts = judge(samples, warmup)
@@ -404,6 +414,7 @@ async def soak(args: argparse.Namespace, server: ServerProcess, s: Settings) -> 
         all(v["ok"] for v in verdicts)
         and not any(leftovers.values())
         and failed <= 0.01 * max(1, clients)
+        and burst["ok"]
     )
     return {
         "when": time.strftime("%Y-%m-%d %H:%M"),
@@ -417,6 +428,7 @@ async def soak(args: argparse.Namespace, server: ServerProcess, s: Settings) -> 
         "baseline": baseline,
         "end": end,
         "leftovers": leftovers,
+        "burst": burst,
         "verdicts": verdicts,
         "ok": ok,
         "samples": samples,
@@ -466,7 +478,8 @@ def report(result: dict[str, Any], machine: str) -> str:
             f"Clients: {result['clients']:,} ({kinds}); failed {failed}, "
             f"skipped at the in-flight cap {result['skipped']}.",
             "",
-            f"Before the first client / after the load stopped and the idle timeout passed: "
+            "Before the first client / at the end (the load stopped, the idle timeout "
+            "passed, the burst check done): "
             f"RSS {b['rss_mib']:.1f} / {e['rss_mib']:.1f} MiB, "
             f"descriptors {b['fds']} / {e['fds']}, tasks {b['tasks']} / {e['tasks']}, "
             f"open TLS {b['tls_open']} / {e['tls_open']}, "
@@ -474,8 +487,16 @@ def report(result: dict[str, Any], machine: str) -> str:
             f"DTLS peers timed out idle: {e['dtls_idle_timeouts']:,}. "
             f"Leftovers: {', '.join(f'{k} {v}' for k, v in left.items())}.",
             "",
+            describe_burst(result["burst"]),
+            "",
         ]
     )
+
+
+def describe_burst(burst: dict[str, Any]) -> str:
+    from soak_burst import describe
+
+    return describe(burst)
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:
@@ -536,7 +557,9 @@ def run_soak(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="trio-tlsd-soak-") as tmp:
         folder = Path(tmp)
         make_pki(folder)
-        server = ServerProcess(folder, "--idle-timeout", str(SERVER_IDLE_TIMEOUT))
+        from soak_burst import SERVER_OPTIONS
+
+        server = ServerProcess(folder, "--idle-timeout", str(SERVER_IDLE_TIMEOUT), *SERVER_OPTIONS)
         try:
             result = trio.run(soak, args, server, client_settings(folder))
         finally:

@@ -1,8 +1,12 @@
 """A program built on the library entry point :func:`serve_workers`, for tests.
 
-``python -m tests.workers_app PORT CERT KEY [COUNT]``: every worker's TLS and
-DTLS handlers first send the worker's process ID (as ASCII digits), then echo.
-The client thus learns which worker served it.
+``python -m tests.workers_app PORT CERT KEY [COUNT [exit-on-reload]]``: every
+worker's TLS and DTLS handlers first send the worker's process ID (as ASCII
+digits), then echo. The client thus learns which worker served it.
+
+With ``exit-on-reload`` the parent leaves by an ordinary ``sys.exit(0)`` from
+inside its reload (a SIGHUP), with its workers still running: what a
+supervisor that ends without stopping them looks like to them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from trio_tls_dtls import CertificateSettings, ServerSettings
 from trio_tls_dtls.core.peer_info import PeerInfo
 from trio_tls_dtls.drivers.dtls.channel import DTLSChannel
 from trio_tls_dtls.drivers.tls.stream import TLSStream
+from trio_tls_dtls.service import workers
 from trio_tls_dtls.service.workers import serve_workers
 
 
@@ -35,6 +40,8 @@ def main(argv: list[str]) -> int:
     port, cert, key = int(argv[0]), Path(argv[1]), Path(argv[2])
     count = int(argv[3]) if len(argv) > 3 else 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    if argv[4:] == ["exit-on-reload"]:
+        _exit_on_reload()
     settings = ServerSettings(certificate=CertificateSettings(cert, key), drain_timeout=10.0)
     return serve_workers(
         settings,
@@ -45,6 +52,22 @@ def main(argv: list[str]) -> int:
         dtls_handler=dtls_pid_then_echo,
         max_restarts=5,
     )
+
+
+def _exit_on_reload() -> None:
+    """The supervisor's second prepare (its reload) ends the supervisor process."""
+
+    class ExitOnReload(workers.SharedStateSource):
+        calls = 0
+
+        def __call__(self) -> workers.SharedState:
+            self.calls += 1
+            if self.calls > 1:
+                print("workers_app: supervisor exiting", file=sys.stderr, flush=True)
+                sys.exit(0)
+            return super().__call__()
+
+    workers.SharedStateSource = ExitOnReload  # type: ignore[misc]
 
 
 if __name__ == "__main__":

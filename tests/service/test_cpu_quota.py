@@ -156,10 +156,10 @@ async def test_serve_workers_auto_follows_the_affinity_mask(pki: PKIFiles) -> No
                 chunk = await process.stderr.receive_some()
                 assert chunk, output
                 output += chunk
-        # One CPU: the single-process path (no "starting N workers").
+        # One CPU: the single-process path (no supervisor's "started N workers: pids").
         log = output.decode()
         assert re.search(r"workers auto: 1 \(.*1 CPU in affinity", log), log
-        assert "starting" not in log
+        assert "workers: pids" not in log
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             await process.wait()

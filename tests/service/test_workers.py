@@ -456,7 +456,7 @@ def test_a_crash_loop_gives_up_after_max_restarts(caplog: pytest.LogCaptureFixtu
     text = caplog.text
     for delay in ("0.01", "0.02", "0.04"):  # the backoff doubles
         assert f"exited unexpectedly (exit status 3): restarting in {delay}s" in text
-    assert "3 restarts within 60s: giving up, stopping all workers" in text
+    assert "3 restarts of worker 0 within 60s: giving up, stopping all workers" in text
 
 
 async def test_ctrl_c_to_the_process_group_drains_the_workers(pki: PKIFiles) -> None:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..core.errors import TLSDError
+from ..core.errors import ConfigError, TLSDError
 
 __all__ = [
     "CA_KEY_FILE",
@@ -243,11 +243,12 @@ def write_dev_pki(directory: str | os.PathLike[str], pki: DevPKI) -> dict[str, P
     """Write *pki* as ``ca.pem``, ``ca.key``, ``server.pem``, ``server.key``, ``client.pem``,
     ``client.key``.
 
-    Returns the paths written, keyed by those file names. Keys are mode 0600.
+    Returns the paths written, keyed by those file names; a folder or file
+    that cannot be made is a one-line
+    :class:`~trio_tls_dtls.core.errors.ConfigError`. Keys are mode 0600.
     The service never reads ``ca.key``; ``trio-tlsd certs issue`` does.
     """
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _make_folder(Path(directory))
     files = {
         "ca.pem": (pki.ca.cert_pem, False),
         CA_KEY_FILE: (pki.ca.key_pem, True),
@@ -259,9 +260,24 @@ def write_dev_pki(directory: str | os.PathLike[str], pki: DevPKI) -> dict[str, P
     written: dict[str, Path] = {}
     for name, (data, private) in files.items():
         path = folder / name
-        _write(path, data, private=private)
+        try:
+            _write(path, data, private=private)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
         written[name] = path
     return written
+
+
+def _make_folder(folder: Path) -> Path:
+    """*folder*, made (with its parents) if missing; a one-line ConfigError if it cannot be."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} exists and is not a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = os.path.abspath(folder)
+        raise ConfigError(f"cannot create the folder {where}: {exc.strerror or exc}") from None
+    return folder
 
 
 DEV_PKI_FILES = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
@@ -362,6 +378,12 @@ def write_issued(
     existing = [str(p) for p in (cert_path, key_path) if p.exists()]
     if existing and not overwrite:
         raise TLSDError(f"{' and '.join(existing)} already exist; use --force to overwrite")
-    _write(key_path, issued.key_pem, private=True)
-    _write(cert_path, issued.cert_pem, private=False)
+    for path, data, private in (
+        (key_path, issued.key_pem, True),
+        (cert_path, issued.cert_pem, False),
+    ):
+        try:
+            _write(path, data, private=private)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
     return cert_path, key_path

@@ -7,8 +7,10 @@ and cookie secret, so a bad file fails before any port is bound. What a
 serving process does from then on (bind, drop root, serve, drain on a
 signal, the summary line and exit status) is the service layer's
 :func:`~trio_tls_dtls.service.serving_process.serve_process`, shared with
-every worker; this module adds the CLI's banner, metrics and health
-endpoints and ``openssl s_client`` hints through its ``on_serving`` hook.
+every worker, which also binds and serves the metrics and health endpoints
+before anything is served (so a port in use is one line, exit status 2,
+like any other bad input); this module adds the CLI's banner and
+``openssl s_client`` hints through its ``on_serving`` hook.
 """
 
 from __future__ import annotations
@@ -24,12 +26,10 @@ import trio
 from ..core.errors import ConfigError
 from ..core.peer_info import format_address
 from ..core.settings import ServerSettings, VerifyClient
-from ..service.health import serve_health
 from ..service.log_format import make_formatter, status_line
-from ..service.metrics import serve_metrics
 from ..service.privileges import drop_privileges
 from ..service.service import Service
-from ..service.serving_process import ProcessHooks, Serving, serve_process
+from ..service.serving_process import OperatorPorts, ProcessHooks, Serving, serve_process
 from ..service.workers import serve_workers, worker_count
 from .dev_pki import DEFAULT_CERT_DIR
 from .serve_settings import (
@@ -64,7 +64,24 @@ def run(args: argparse.Namespace) -> int:
     service = Service(
         settings, tls="tls" in protocols, dtls="dtls" in protocols, **handlers_from(options)
     )
-    return trio.run(partial(serve_process, service, options["port"], options["host"], hooks=hooks))
+    run_process = partial(
+        serve_process,
+        service,
+        options["port"],
+        options["host"],
+        hooks=hooks,
+        operator=_operator_ports(options),
+    )
+    return trio.run(run_process)
+
+
+def _operator_ports(options: dict[str, Any]) -> OperatorPorts:
+    return OperatorPorts(
+        metrics_port=options["metrics_port"],
+        metrics_host=options["metrics_host"],
+        health_port=options["health_port"],
+        health_host=options["health_host"],
+    )
 
 
 def _run_workers(
@@ -78,10 +95,6 @@ def _run_workers(
             name = "--" + flag.replace("_", "-")
             raise ConfigError(f"{name} {first}: no room for ports P..P+{count - 1}")
     check_combinations(options, workers=count)
-    print(
-        status_line(f"trio-tlsd: starting {count} workers on port {options['port']}"),
-        file=sys.stderr,
-    )
     # Contexts and the cookie secret are built in the supervisor, before any
     # fork: every worker gets the same ticket keys and cookie secret.
     return serve_workers(
@@ -92,6 +105,7 @@ def _run_workers(
         tls="tls" in options["protocols"],
         dtls="dtls" in options["protocols"],
         hooks=hooks,
+        operator=_operator_ports(options),
         **handlers_from(options),
     )
 
@@ -99,21 +113,12 @@ def _run_workers(
 async def _announce(options: dict[str, Any], dev: bool, serving: Serving) -> None:
     """The on_serving hook: metrics and health, then the banner and how to connect."""
     service = serving.service
-    # One metrics (and health) port per process: worker k serves on P + k.
-    worker = serving.worker or 0
-    if options["metrics_port"] is not None:
-        host = options["metrics_host"]
-        metrics_port = await serving.nursery.start(
-            partial(serve_metrics, service, options["metrics_port"] + worker, host=host)
-        )
-        where = format_address((host, metrics_port))
+    # One metrics (and health) port per process: worker k's is P + k.
+    if serving.metrics_address is not None:
+        where = format_address(serving.metrics_address)
         logger.info("metrics at http://%s/metrics, health at /healthz and /readyz", where)
-    if options["health_port"] is not None:
-        host = options["health_host"]
-        health_port = await serving.nursery.start(
-            partial(serve_health, service, options["health_port"] + worker, host=host)
-        )
-        where = format_address((host, health_port))
+    if serving.health_address is not None:
+        where = format_address(serving.health_address)
         logger.info("health at http://%s/healthz and /readyz", where)
     print(
         status_line(f"{serving.who}: serving {_what(options, service)}: {service.describe()}"),

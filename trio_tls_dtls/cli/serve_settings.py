@@ -91,7 +91,7 @@ def settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serve
     ca = options["ca"]
     dev = options["cert"] is None
     if dev:
-        if make_dev_pki and ensure_dev_pki(DEFAULT_CERT_DIR):
+        if make_dev_pki and _ensure_dev_pki():
             logger.warning(
                 "no --cert/--key given: created a development PKI in %s/ (not for production)",
                 DEFAULT_CERT_DIR,
@@ -138,6 +138,17 @@ def settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serve
         proxy_trusted=tuple(options["proxy_trusted"]),
     )
     return settings, dev
+
+
+def _ensure_dev_pki() -> bool:
+    try:
+        return ensure_dev_pki(DEFAULT_CERT_DIR)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"no --cert/--key given, and no development PKI could be made in "
+            f"./{DEFAULT_CERT_DIR}: {exc} (give --cert and --key, or run where "
+            f"./{DEFAULT_CERT_DIR} can be made)"
+        ) from None
 
 
 def _read_password(path: Path | None) -> bytes | None:

@@ -13,7 +13,11 @@ What lives here
   summary line: the life of one serving process).
 * Workers (:mod:`.workers`): processes sharing one port with SO_REUSEPORT,
   one set of ticket keys and one cookie secret; each runs
-  :func:`~.serving_process.serve_process`.
+  :func:`~.serving_process.serve_process` on sockets the supervisor bound
+  for its slot (:mod:`.worker_sockets`), watches its lifeline to the
+  supervisor (:mod:`.lifeline`), and is restarted within a per-slot budget
+  (:mod:`.restart_budget`).
+* After a burst, freed memory goes back to the system (:mod:`.memory_trim`).
 * Handlers (echo in the drivers; :mod:`.forward` for TCP/UDP backends,
   optionally told the client by a PROXY header), metrics (:mod:`.metrics`),
   health and readiness (:mod:`.health`; both over the small HTTP server of

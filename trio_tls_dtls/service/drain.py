@@ -27,7 +27,9 @@ re-reads the certificates. A task that watches for another reason to stop
 (started from the *on_serving* hook) calls :meth:`GracefulStop.stop` and is
 held to the same rule; one that watches for a reason to reload (changed
 certificate files, see :mod:`trio_tls_dtls.service.upkeep`) calls
-:meth:`GracefulStop.reload`.
+:meth:`GracefulStop.reload`. A worker whose supervisor has started its
+successor is asked to stop by :meth:`GracefulStop.replaced`: no drain
+delay, and what it shares with the successor is handed over at once.
 
 What "still open" waits for is the drivers' business (``TLSServer.drain``,
 ``DTLSServer.drain``): how long a DTLS peer that has had our close_notify is
@@ -104,6 +106,9 @@ class GracefulStop:
         self.requests = StopRequests()
         self.still_open = 0
         """Connections and peers still open when the service was cut."""
+        self.handover = trio.Event()
+        """Set by :meth:`replaced`: what this process shares with its successor
+        (a worker's metrics and health ports) is to be let go at once."""
         self._log = log
 
     @property
@@ -128,12 +133,27 @@ class GracefulStop:
         """A stop request from *cause* (named in the log line): drain, or stop now if draining."""
         self._act(self.requests.stop_requested(), cause)
 
-    def _act(self, request: Request | None, cause: str) -> None:
+    def replaced(self, cause: str) -> None:
+        """A stop request because a successor now serves on the same sockets.
+
+        What a worker gets when a reload has started its replacement: it
+        sets :attr:`handover` (the operator endpoints close at once, so that
+        only the successor answers on their ports) and drains without the
+        drain delay, which is for a service that goes away, not for one
+        that stays ready through its successor. The rule is the same as for
+        :meth:`stop`: a later stop request cuts the drain.
+        """
+        self.handover.set()
+        self.service.replaced = True
+        self._act(self.requests.stop_requested(), cause, delay=0.0)
+
+    def _act(self, request: Request | None, cause: str, *, delay: float | None = None) -> None:
         if request is Request.RELOAD:
             self.service.reload()
         elif request is Request.DRAIN:
             self.service.begin_stopping(f"stopping: {cause} received")
-            delay = self.service.settings.drain_delay
+            if delay is None:
+                delay = self.service.settings.drain_delay
             if delay > 0:
                 self._log.info(
                     "%s received: not ready; accepting for %gs more, then draining "

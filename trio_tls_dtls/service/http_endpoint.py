@@ -19,7 +19,8 @@ error.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+import errno
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -27,7 +28,15 @@ import trio
 
 from ..drivers.listeners import open_tcp_listeners
 
-__all__ = ["MAX_REQUEST", "REQUEST_TIMEOUT", "Request", "Response", "Route", "serve_http"]
+__all__ = [
+    "MAX_REQUEST",
+    "REQUEST_TIMEOUT",
+    "Request",
+    "Response",
+    "Route",
+    "serve_http",
+    "serve_http_on",
+]
 
 # An HTTP request we answer is one short line and a few headers.
 MAX_REQUEST = 8192
@@ -41,6 +50,9 @@ _REASONS = {
     503: "Service Unavailable",
 }
 _METHODS = ("GET", "HEAD")
+# accept() errors that mean "too many open right now", as trio.serve_listeners has them.
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_PAUSE = 0.1
 
 
 @dataclass(frozen=True)
@@ -75,11 +87,50 @@ async def serve_http(
 ) -> None:
     """Answer *routes* on *host*:*port* until cancelled; ``task_status`` gets the bound port."""
     listeners = await open_tcp_listeners(port, host)
+    await serve_http_on(routes, listeners, task_status=task_status)
+
+
+async def serve_http_on(
+    routes: Mapping[str, Route],
+    listeners: list[trio.SocketListener],
+    *,
+    until: trio.Event | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """:func:`serve_http` on listeners bound already; ``task_status`` gets their port.
+
+    The listeners were bound before anything was served (so that a port in
+    use is an error at start), or by a supervisor for its worker. Once
+    *until* is set, nothing more is accepted (the listeners close: only this
+    process's copies, for a worker), the requests in flight are answered,
+    and this returns.
+    """
+    answer = partial(_answer, dict(routes))
     bound = int(listeners[0].socket.getsockname()[1])
-    async with trio.open_nursery() as nursery:
-        handler = partial(_answer, dict(routes))
-        await nursery.start(partial(trio.serve_listeners, handler, listeners))
+    async with trio.open_nursery() as requests, trio.open_nursery() as accepting:
+        for listener in listeners:
+            accepting.start_soon(_accept_loop, listener, requests, answer)
         task_status.started(bound)
+        if until is not None:
+            await until.wait()
+            accepting.cancel_scope.cancel()
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    requests: trio.Nursery,
+    answer: Callable[[trio.SocketStream], Awaitable[None]],
+) -> None:
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    raise
+                await trio.sleep(_ACCEPT_PAUSE)  # out of descriptors: let some close
+                continue
+            requests.start_soon(answer, stream)
 
 
 def parse_request(data: bytes) -> Request | None:

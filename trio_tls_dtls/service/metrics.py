@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..core.latency_histogram import LatencyHistogram
 from .health import health_routes
-from .http_endpoint import MAX_REQUEST, REQUEST_TIMEOUT, Request, Response, serve_http
+from .http_endpoint import MAX_REQUEST, REQUEST_TIMEOUT, Request, Response, Route, serve_http
 from .service import Service
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "REQUEST_TIMEOUT",
     "ServiceCollector",
     "metrics_registry",
+    "metrics_routes",
     "serve_metrics",
 ]
 
@@ -207,10 +208,14 @@ async def serve_metrics(
 
     ``await nursery.start(serve_metrics, service, 0)`` returns the port.
     """
+    await serve_http(metrics_routes(service), port, host=host, task_status=task_status)
+
+
+def metrics_routes(service: Service) -> dict[str, Route]:
+    """``/metrics``, ``/healthz`` and ``/readyz`` for *service*: the metrics listener's routes."""
     registry = metrics_registry(service)
 
     def metrics(request: Request) -> Response:
         return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
-    routes = {"/metrics": metrics, **health_routes(service)}
-    await serve_http(routes, port, host=host, task_status=task_status)
+    return {"/metrics": metrics, **health_routes(service)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket as _stdsocket
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -94,11 +95,15 @@ class Service:
         self.reloads_failed = 0
         self.ticket_key_rotations = 0
         self._reuse_port = False
+        self._dtls_scope = trio.CancelScope()
         self.serving = False
         """True while :meth:`run` serves (listeners started), False before and after."""
         self.stopping: str | None = None
         """Why the service is stopping, from the first stop request on (see
         :meth:`begin_stopping`); None until then. /readyz reports it."""
+        self.replaced = False
+        """A successor now serves on this service's sockets (a worker after a
+        reload): see :meth:`begin_stopping`."""
 
     @property
     def port(self) -> int:
@@ -138,8 +143,7 @@ class Service:
         """
         self._reuse_port = reuse_port
         await self._bind(port, host)
-        self.tls_addresses = [normalize_address(x.socket.getsockname()) for x in self._listeners]
-        self.dtls_addresses = [normalize_address(s.getsockname()) for s in self._sockets]
+        self._note_addresses()
         if after_bind is not None:
             try:
                 after_bind()
@@ -149,6 +153,27 @@ class Service:
                     sock.close()
                 self._listeners, self._sockets = [], []
                 raise
+
+    def adopt(self, tcp: Sequence[_stdsocket.socket], udp: Sequence[_stdsocket.socket]) -> None:
+        """Serve on sockets opened elsewhere instead of binding (see :meth:`bind`).
+
+        A worker adopts the listening TCP sockets and bound UDP sockets its
+        supervisor opened before forking it
+        (:mod:`~trio_tls_dtls.service.worker_sockets`); closing them here
+        closes only this process's copies.
+        """
+        self._listeners = [
+            trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            for sock in (tcp if self.tls is not None else ())
+        ]
+        self._sockets = [
+            trio.socket.from_stdlib_socket(sock) for sock in (udp if self.dtls is not None else ())
+        ]
+        self._note_addresses()
+
+    def _note_addresses(self) -> None:
+        self.tls_addresses = [normalize_address(x.socket.getsockname()) for x in self._listeners]
+        self.dtls_addresses = [normalize_address(s.getsockname()) for s in self._sockets]
 
     async def _bind(self, port: int, host: str | None) -> None:
         if self.tls is None:
@@ -181,7 +206,7 @@ class Service:
             if self.tls is not None:
                 await nursery.start(self.tls.serve, self._listeners)
             if self.dtls is not None:
-                await nursery.start(self.dtls.serve, self._sockets)
+                await nursery.start(self._serve_dtls)
             self.serving = True
             try:
                 task_status.started(self)
@@ -196,13 +221,20 @@ class Service:
 
         Called at the first stop request, before any drain delay, so that
         ``/readyz`` fails at once (:mod:`trio_tls_dtls.service.health`). The
-        first reason given is kept.
+        first reason given is kept. A service that has been :attr:`replaced`
+        stays ready: its operator ports are its successor's now, and a probe
+        still in flight there is asking about the successor.
         """
-        if self.stopping is None:
+        if self.stopping is None and not self.replaced:
             self.stopping = why
 
     def _contexts(self) -> list[ServerContexts]:
         return [server.contexts for server in (self.tls, self.dtls) if server is not None]
+
+    async def _serve_dtls(self, *, task_status: trio.TaskStatus[DTLSServer]) -> None:
+        assert self.dtls is not None
+        with self._dtls_scope:
+            await self.dtls.serve(self._sockets, task_status=task_status)
 
     def reload(self) -> bool:
         """Re-read certificates and keys from disk for new handshakes.
@@ -260,7 +292,22 @@ class Service:
             if self.tls is not None:
                 nursery.start_soon(self.tls.drain)
             if self.dtls is not None:
-                nursery.start_soon(self.dtls.drain)
+                nursery.start_soon(self._drain_dtls)
+
+    async def _drain_dtls(self) -> None:
+        """The DTLS drain; then the UDP sockets are read no more.
+
+        Once the drain is over no peer is left (the driver cuts one that has
+        not answered our close_notify within its grace) and none would be
+        admitted: a draining endpoint only drops new ClientHellos. So it
+        stops reading. For a worker this matters: after a reload its UDP
+        sockets are shared with the worker that replaces it (see
+        :mod:`.worker_sockets`), and every datagram it reads is one its
+        successor, which would answer a new handshake, does not get.
+        """
+        assert self.dtls is not None
+        await self.dtls.drain()
+        self._dtls_scope.cancel()
 
     def open_count(self) -> int:
         """TLS connections plus DTLS peers open right now."""

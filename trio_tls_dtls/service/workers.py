@@ -1,21 +1,26 @@
 """Several worker processes on one port, supervised by a parent (``serve --workers N``).
 
-The parent never runs Trio. It calls *prepare* (which builds the SSL
-contexts and the DTLS cookie secret), then forks the workers; each worker
-binds the TCP and UDP ports itself with SO_REUSEPORT and runs the ordinary
-service. Because the contexts were built before the fork, every worker holds
-the same session-ticket keys (OpenSSL makes them when a context is created)
-and the same cookie secret: a session resumes, and a cookie verifies,
-whichever worker the kernel hands the next connection or datagram to.
+The parent never runs Trio. It opens the listening sockets, one set per
+worker slot, and keeps them for as long as it runs (:mod:`.worker_sockets`
+says why: a DTLS session must not move when another worker dies); it calls
+*prepare* (which builds the SSL contexts and the DTLS cookie secret), then
+forks the workers; worker *k* adopts slot *k*'s sockets and runs the
+ordinary service. Because the contexts were built before the fork, every
+worker holds the same session-ticket keys (OpenSSL makes them when a context
+is created) and the same cookie secret: a session resumes, and a cookie
+verifies, whichever worker the kernel hands the next connection or datagram
+to. Each worker has a lifeline to the parent (:mod:`.lifeline`): when the
+parent is gone, however it went, the worker drains and exits.
 
 The parent:
 
 * restarts a worker that dies unexpectedly, from the same prepared state (so
-  the keys stay shared), after a backoff that doubles with each restart in
-  the last ``restart_window`` seconds (``restart_backoff`` up to
-  ``max_backoff``), and at most ``max_restarts`` times per window; beyond
-  that it stops everything and exits 1 rather than spin in a crash loop.
-  Signals are still handled while a restart waits;
+  the keys stay shared), after a backoff that doubles with each restart of
+  that worker slot in the last ``restart_window`` seconds
+  (``restart_backoff`` up to ``max_backoff``), and at most ``max_restarts``
+  times per slot and window (:class:`~.restart_budget.RestartBudget`);
+  beyond that it stops everything and exits 1 rather than spin in a crash
+  loop. Signals are still handled while a restart waits;
 * on SIGINT/SIGTERM sends SIGTERM to every worker (each drains as a single
   process does), waits for them, and exits 0 if they all drained; a second
   signal is passed on as well (each worker then stops at once) and the
@@ -24,10 +29,12 @@ The parent:
   with ``sigtimedwait`` instead of Trio;
 * on SIGHUP calls *prepare* again (new certificates, the same
   session-ticket keys, the cookie secret read again if it comes from a
-  file), starts a new generation of workers from it and drains the old one.
-  If *prepare* fails (a bad file), the running workers are kept and the
-  reason is logged. A SIGHUP while stopping is ignored: a new generation
-  would only be stopped in turn;
+  file), starts a new generation of workers from it and drains the old one
+  (told by its lifeline that it was replaced, or, with ``tell_replaced``
+  off, by SIGTERM); an older generation still draining is left alone. If
+  *prepare* fails (a bad file), the running workers are kept and the reason
+  is logged. A SIGHUP while stopping is ignored: a new generation would
+  only be stopped in turn;
 * does the same when *reload_due* says so: :func:`shared_state_factory`'s
   says so when the certificate files changed (looked at every
   ``reload_interval``) and when the session-ticket keys are due to rotate
@@ -50,7 +57,6 @@ import signal
 import sys
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -63,15 +69,19 @@ from ..core.settings import ServerSettings
 from ..drivers.dtls.server import DTLSHandler, dtls_echo_handler
 from ..drivers.tls.server import TLSHandler, echo_handler
 from .cpu_quota import usable_cpus
+from .lifeline import Lifelines
 from .log_format import status_line
+from .restart_budget import RestartBudget, restart_delay
 from .sd_notify import Notifier, process_notifier
 from .service import Service
-from .serving_process import ProcessHooks, serve_process
+from .serving_process import OperatorPorts, ProcessHooks, serve_process
 from .shared_state import SharedState, SharedStateSource, shared_state_factory
 from .signals import HANDLED_SIGNALS, Request, StopRequests
 from .supervisor_notify import WAITING_POLL, NotifyRelay
+from .worker_sockets import open_slot_sockets
 
 __all__ = [
+    "RestartBudget",
     "SharedState",
     "Supervisor",
     "restart_delay",
@@ -109,6 +119,8 @@ class _Worker:
     index: int
     generation: int
     pid: int
+    draining: bool = False
+    """Told to stop (a SIGTERM, or replaced by a reload): a second SIGTERM would cut it."""
 
 
 @dataclass
@@ -117,9 +129,14 @@ class Supervisor(Generic[P]):
 
     *prepare* runs in the parent (at start and on SIGHUP) and returns the
     state every worker inherits; *run_worker(index, state)* runs in each
-    forked child and returns its exit status. *reload_due(now)*, if given,
-    is asked about twice a second (*now* is ``time.monotonic()``): a reason
-    in words rolls the workers as SIGHUP does.
+    forked child and returns its exit status (in the child, :attr:`lifeline`
+    is the fd of its :mod:`.lifeline`). *reload_due(now)*, if given, is asked
+    about twice a second (*now* is ``time.monotonic()``): a reason in words
+    rolls the workers as SIGHUP does. With *tell_replaced*, a reload tells
+    the old workers through their lifelines that they were replaced (they
+    must watch it, as :func:`~.serving_process.serve_process` does);
+    without, it sends them SIGTERM. *on_stopping* is called once, in the
+    parent, when the workers are told to stop.
     """
 
     count: int
@@ -131,14 +148,24 @@ class Supervisor(Generic[P]):
     restart_backoff: float = 0.1
     """Delay before the first restart in a window; doubled for each later one."""
     max_backoff: float = 5.0
+    tell_replaced: bool = False
+    on_stopping: Callable[[], object] | None = None
     restarts: int = 0
     """Workers restarted after an unexpected exit so far."""
+    lifeline: int | None = None
+    """In a worker: the read end of its lifeline."""
     _workers: dict[int, _Worker] = field(default_factory=dict)
-    _restart_times: deque[float] = field(default_factory=deque)
+    _budget: RestartBudget = field(init=False)
+    _lifelines: Lifelines = field(default_factory=Lifelines)
     _pending: dict[int, float] = field(default_factory=dict)  # index -> when to restart
     _generation: int = 0
     _state: P | None = None
     _notify: NotifyRelay = field(default_factory=lambda: NotifyRelay(Notifier()))
+
+    def __post_init__(self) -> None:
+        self._budget = RestartBudget(
+            self.max_restarts, self.restart_window, self.restart_backoff, self.max_backoff
+        )
 
     def run(self) -> int:
         """Start the workers and supervise them until they have all stopped; the exit status."""
@@ -146,6 +173,9 @@ class Supervisor(Generic[P]):
         try:
             return self._supervise(old_mask)
         finally:
+            # Every worker has exited; or the parent is failing, and its
+            # workers see the end of their lifelines and drain.
+            self._lifelines.close()
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             self._notify.close()
 
@@ -172,21 +202,21 @@ class Supervisor(Generic[P]):
                 if stops.draining or not current:
                     failed = failed or (stops.draining and current and status != 0)
                     continue
-                delay = self._restart_delay()
+                delay = self._budget.next_delay(worker.index, now=time.monotonic())
                 if delay is None:
                     logger.error(
-                        "worker %d (pid %d) exited unexpectedly (%s); %d restarts within %gs:"
-                        " giving up, stopping all workers",
+                        "worker %d (pid %d) exited unexpectedly (%s); %d restarts of worker %d"
+                        " within %gs: giving up, stopping all workers",
                         worker.index,
                         worker.pid,
                         _describe_status(status),
                         self.max_restarts,
+                        worker.index,
                         self.restart_window,
                     )
                     stops.stop_requested()  # as a first signal would: the workers drain
                     failed = True
-                    self._pending.clear()
-                    self._signal_all(signal.SIGTERM)
+                    self._stop_all()
                     continue
                 logger.error(
                     "worker %d (pid %d) exited unexpectedly (%s): restarting in %.2fs",
@@ -213,19 +243,36 @@ class Supervisor(Generic[P]):
         if request is Request.DRAIN:
             logger.info("%s received: draining %d workers", name, len(self._workers))
             self._notify.stopping()
-            self._pending.clear()  # a worker waiting to restart stays down
-            self._signal_all(signal.SIGTERM)
+            self._stop_all()
         elif request is Request.STOP_NOW:
             # One SIGTERM each again: every worker then counts its second and cuts.
             logger.warning("%s received again: stopping the workers now", name)
-            self._signal_all(signal.SIGTERM)
+            for worker in list(self._workers.values()):
+                _kill(worker.pid, signal.SIGTERM)
         elif request is Request.RELOAD and not stops.draining:
             self._reload(old_mask)
+
+    def _stop_all(self) -> None:
+        """The first stop: a worker waiting to restart stays down, the others drain."""
+        self._pending.clear()
+        for worker in list(self._workers.values()):
+            self._drain(worker)
+        if self.on_stopping is not None:
+            self.on_stopping()
+
+    def _drain(self, worker: _Worker, *, replaced: bool = False) -> None:
+        """Tell *worker* to drain, once: a second SIGTERM would cut its drain."""
+        if worker.draining:
+            return
+        worker.draining = True
+        if not (replaced and self.tell_replaced and self._lifelines.tell_replaced(worker.pid)):
+            _kill(worker.pid, signal.SIGTERM)
 
     def _spawn(self, index: int, old_mask: _Mask) -> None:
         state = cast(P, self._state)  # set by prepare() before any spawn; P may be None
         sys.stdout.flush()
         sys.stderr.flush()
+        pipe = self._lifelines.before_fork()
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
@@ -235,6 +282,7 @@ class Supervisor(Generic[P]):
                 # SIGTERM on. Were the worker to get both, it would take the
                 # second for "stop now" and skip the drain.
                 os.setpgid(0, 0)
+                self.lifeline = self._lifelines.in_worker(pipe)
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 self._notify.in_worker()
                 status = self.run_worker(index, state)
@@ -244,6 +292,7 @@ class Supervisor(Generic[P]):
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(status)
+        self._lifelines.in_supervisor(pid, pipe)
         self._workers[pid] = _Worker(index, self._generation, pid)
 
     def _reap(self) -> list[tuple[_Worker, int]]:
@@ -256,21 +305,10 @@ class Supervisor(Generic[P]):
             if pid == 0:
                 break
             worker = self._workers.pop(pid, None)
+            self._lifelines.ended(pid)
             if worker is not None:
                 ended.append((worker, os.waitstatus_to_exitcode(status)))
         return ended
-
-    def _restart_delay(self) -> float | None:
-        """Record a restart; how long to wait before it, or None past the cap."""
-        now = time.monotonic()
-        times = self._restart_times
-        while times and now - times[0] > self.restart_window:
-            times.popleft()
-        if len(times) >= self.max_restarts:
-            return None
-        delay = restart_delay(len(times), self.restart_backoff, self.max_backoff)
-        times.append(now)
-        return delay
 
     def _restart_due(self, old_mask: _Mask) -> None:
         now = time.monotonic()
@@ -294,10 +332,6 @@ class Supervisor(Generic[P]):
             key=lambda w: w.generation,
         ).pid
 
-    def _signal_all(self, signum: signal.Signals) -> None:
-        for pid in list(self._workers):
-            _kill(pid, signum)
-
     def _reload(self, old_mask: _Mask) -> None:
         self._notify.reloading()
         try:
@@ -306,14 +340,16 @@ class Supervisor(Generic[P]):
             logger.error("reload failed, keeping the running workers: %s", exc)
             self._notify.reload_failed()
             return
-        old = list(self._workers.values())
+        # Only the current generation: an older one still draining from an
+        # earlier reload must not take this for a second stop request.
+        old = [w for w in self._workers.values() if w.generation == self._generation]
         self._pending.clear()  # the new generation starts every index
         self._state = state
         self._generation += 1
         for index in range(self.count):
             self._spawn(index, old_mask)
         for worker in old:
-            _kill(worker.pid, signal.SIGTERM)
+            self._drain(worker, replaced=True)
         logger.info(
             "reloaded: new workers %s started, old workers %s draining",
             self.pids_of(self._generation),
@@ -323,14 +359,6 @@ class Supervisor(Generic[P]):
     def pids_of(self, generation: int) -> list[int]:
         """The process IDs of the workers of *generation* still running."""
         return [w.pid for w in self._workers.values() if w.generation == generation]
-
-
-def restart_delay(recent: int, base: float, cap: float) -> float:
-    """The backoff before a restart when *recent* restarts happened in the window.
-
-    0 recent restarts: *base*; each one more doubles it, up to *cap*.
-    """
-    return float(min(cap, base * 2 ** min(recent, 30)))
 
 
 def _kill(pid: int, signum: signal.Signals) -> None:
@@ -363,6 +391,7 @@ def serve_workers(
     max_restarts: int = 10,
     restart_window: float = 60.0,
     hooks: ProcessHooks | None = None,
+    operator: OperatorPorts | None = None,
 ) -> int:
     """Serve on *port* from *count* supervised worker processes; the exit status.
 
@@ -373,13 +402,33 @@ def serve_workers(
     :func:`~trio_tls_dtls.service.serving_process.serve_process`: it prints
     ``trio-tlsd: worker K (pid P): serving ...`` when it is bound (or what
     ``hooks.on_serving`` prints), and a summary line when it stops. *port*
-    must not be 0.
+    must not be 0. With *operator* ports P (metrics, health), worker K
+    answers on P+K, with its own counters.
+
+    Every port is bound here, before any worker starts (see
+    :mod:`.worker_sockets`): a port in use raises
+    :class:`~trio_tls_dtls.core.errors.ListenError`.
     """
     if port == 0:
         raise ConfigError("serve_workers needs a fixed port (with port 0 each would get its own)")
     count = worker_count(count)
+    ports = operator if operator is not None else OperatorPorts()
+    slots = open_slot_sockets(
+        count,
+        port,
+        host,
+        tls=tls,
+        dtls=dtls,
+        metrics_port=ports.metrics_port,
+        metrics_host=ports.metrics_host,
+        health_port=ports.health_port,
+        health_host=ports.health_host,
+    )
 
     def run_worker(index: int, shared: SharedState) -> int:
+        for other, sockets in enumerate(slots):
+            if other != index:  # another slot's sockets would keep its place in the group
+                sockets.close()
         service = Service(
             settings,
             tls=tls,
@@ -390,7 +439,21 @@ def serve_workers(
             dtls_context=shared.dtls,
             cookies=shared.cookies,
         )
-        return trio.run(partial(serve_process, service, port, host, worker=index, hooks=hooks))
+        run = partial(
+            serve_process,
+            service,
+            port,
+            host,
+            worker=index,
+            hooks=hooks,
+            inherited=slots[index],
+            lifeline=supervisor.lifeline,
+        )
+        return trio.run(run)
+
+    def close_slots() -> None:
+        for sockets in slots:
+            sockets.close()
 
     source = SharedStateSource(settings, tls=tls, dtls=dtls)
     supervisor = Supervisor(
@@ -400,8 +463,15 @@ def serve_workers(
         reload_due=source.reload_due,
         max_restarts=max_restarts,
         restart_window=restart_window,
+        tell_replaced=True,
+        # Once the workers drain, a new connection is refused, not queued
+        # for nobody.
+        on_stopping=close_slots,
     )
-    status = supervisor.run()
+    try:
+        status = supervisor.run()
+    finally:
+        close_slots()
     print(
         status_line(
             f"trio-tlsd: all workers stopped ({supervisor.restarts} restarted after a crash)"
