@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, LOAD_CPU = 0, 1
+SERVER_CPUS = {SERVER_CPU}  # offload_modes.py --cpus widens it
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ WORKLOADS = (
 
 
 class TreeServer:
-    """servers.py KIND from *tree*, run with that tree's package, pinned to SERVER_CPU."""
+    """servers.py KIND from *tree*, run with that tree's package, pinned to SERVER_CPUS."""
 
     def __init__(self, tree: Path, kind: str, pki: Path, mtls: bool) -> None:
         argv = [sys.executable, str(tree / "benchmarks" / "servers.py"), kind, str(pki)]
@@ -68,7 +69,7 @@ class TreeServer:
             text=True,
             cwd=tree,
             env=env,
-            preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CPU}),
+            preexec_fn=lambda: os.sched_setaffinity(0, SERVER_CPUS),
         )
         assert self.proc.stdout is not None
         words = self.proc.stdout.readline().split()
@@ -99,10 +100,16 @@ def checkout(revision: str, into: Path) -> Path:
     return into
 
 
-def measure(w: Workload, trees: dict[str, Path], pki: Path, rounds: int, duration: float) -> None:
+def measure_servers(
+    w: Workload, specs: dict[str, tuple[Path, str]], pki: Path, rounds: int, duration: float
+) -> dict[str, tuple[float, int]]:
+    """Server CPU µs per operation and operations, by label; *specs*: label -> (tree, kind).
+
+    The servers take turns (A B C ... A B C), after an uncounted warm-up turn.
+    """
     from trio_tls_dtls.cli.bench import BenchConfig, run_bench
 
-    servers = {label: TreeServer(tree, w.kind, pki, w.mtls) for label, tree in trees.items()}
+    servers = {label: TreeServer(tree, kind, pki, w.mtls) for label, (tree, kind) in specs.items()}
     cpu = dict.fromkeys(servers, 0.0)
     ops = dict.fromkeys(servers, 0)
     try:
@@ -130,11 +137,19 @@ def measure(w: Workload, trees: dict[str, Path], pki: Path, rounds: int, duratio
     finally:
         for server in servers.values():
             server.stop()
-    per = {label: cpu[label] / ops[label] * 1e6 if ops[label] else float("nan") for label in cpu}
-    base, head = per["base"], per["head"]
+    return {
+        label: (cpu[label] / ops[label] * 1e6 if ops[label] else float("nan"), ops[label])
+        for label in cpu
+    }
+
+
+def measure(w: Workload, trees: dict[str, Path], pki: Path, rounds: int, duration: float) -> None:
+    specs = {label: (tree, w.kind) for label, tree in trees.items()}
+    per = measure_servers(w, specs, pki, rounds, duration)
+    (base, base_ops), (head, head_ops) = per["base"], per["head"]
     print(
         f"{w.name:<26} base {base:8.1f} µs/op   head {head:8.1f} µs/op   "
-        f"head/base {head / base:5.2f}   ({ops['base']:,} / {ops['head']:,} ops)",
+        f"head/base {head / base:5.2f}   ({base_ops:,} / {head_ops:,} ops)",
         flush=True,
     )
 
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 if opts.only is None or opts.only in w.name:
                     measure(w, trees, pki, opts.rounds, opts.duration)
         finally:
-            for label, tree in trees.items():
+            for tree in trees.values():
                 if tree != ROOT:
                     subprocess.run(
                         ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
