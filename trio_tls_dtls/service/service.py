@@ -28,6 +28,7 @@ from ..drivers.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler
 from ..drivers.listeners import normalize_address, open_tcp_listeners, open_udp_sockets
 from ..drivers.offload import CryptoOffload
 from ..drivers.tls.server import TLSHandler, TLSServer, echo_handler
+from . import sd_notify
 from .access_log import AccessLog
 
 __all__ = ["Service", "serve"]
@@ -173,6 +174,7 @@ class Service:
             if self.dtls is not None:
                 await nursery.start(self.dtls.serve, self._sockets)
             task_status.started(self)
+            nursery.start_soon(sd_notify.announce, self)  # systemd: READY=1, then STATUS=
             await trio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -183,6 +185,10 @@ class Service:
         file is missing or bad, the old certificates stay in use, the reason
         is logged, and this returns False.
         """
+        with sd_notify.reloading():  # systemd: RELOADING=1, then READY=1
+            return self._reload_contexts()
+
+    def _reload_contexts(self) -> bool:
         try:
             tls = build_server_context(self.settings) if self.tls is not None else None
             dtls = build_server_context(self.settings, dtls=True) if self.dtls is not None else None
@@ -205,6 +211,7 @@ class Service:
         :meth:`open_count` then says how many were still open, and
         cancelling :meth:`run` cuts them.
         """
+        sd_notify.stopping(self.open_count())  # systemd: STOPPING=1
         async with trio.open_nursery() as nursery:
             if self.tls is not None:
                 nursery.start_soon(self.tls.drain)

@@ -58,10 +58,13 @@ from ..core.errors import ConfigError, TLSDError
 from ..core.settings import ServerSettings
 from ..drivers.dtls.server import DTLSHandler, cookie_secrets_for, dtls_echo_handler
 from ..drivers.tls.server import TLSHandler, echo_handler
+from .cpu_quota import usable_cpus
 from .log_format import status_line
+from .sd_notify import Notifier, process_notifier
 from .service import Service
 from .serving_process import ProcessHooks, serve_process
 from .signals import HANDLED_SIGNALS, Request, StopRequests
+from .supervisor_notify import WAITING_POLL, NotifyRelay
 
 __all__ = [
     "SharedState",
@@ -83,9 +86,14 @@ _POLL = 0.5
 
 
 def worker_count(value: int | str) -> int:
-    """``auto`` (the CPU count) or a positive integer; a ConfigError otherwise."""
+    """``auto`` (the usable CPUs, see :mod:`.cpu_quota`) or a positive integer.
+
+    A ConfigError otherwise. ``auto`` logs what it decided and why.
+    """
     if value == "auto":
-        return os.cpu_count() or 1
+        decision = usable_cpus()
+        logger.info("workers auto: %d (%s)", decision.count, decision.reason)
+        return decision.count
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f'workers must be a positive integer or "auto", not {value!r}')
     return value
@@ -122,6 +130,7 @@ class Supervisor(Generic[P]):
     _pending: dict[int, float] = field(default_factory=dict)  # index -> when to restart
     _generation: int = 0
     _state: P | None = None
+    _notify: NotifyRelay = field(default_factory=lambda: NotifyRelay(Notifier()))
 
     def run(self) -> int:
         """Start the workers and supervise them until they have all stopped; the exit status."""
@@ -130,6 +139,7 @@ class Supervisor(Generic[P]):
             return self._supervise(old_mask)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            self._notify.close()
 
     @property
     def pids(self) -> list[int]:
@@ -139,6 +149,7 @@ class Supervisor(Generic[P]):
     # -- the parent's loop ---------------------------------------------------------
 
     def _supervise(self, old_mask: _Mask) -> int:
+        self._notify = NotifyRelay(process_notifier())  # systemd hears the supervisor only
         self._state = self.prepare()
         for index in range(self.count):
             self._spawn(index, old_mask)
@@ -147,6 +158,7 @@ class Supervisor(Generic[P]):
         failed = False
         while self._workers or (self._pending and not stops.draining):
             info = signal.sigtimedwait(_WAITED_SIGNALS, self._wait_time())
+            self._notify.poll(self._workers, self.pids_of(self._generation), self.count)
             for worker, status in self._reap():
                 current = worker.generation == self._generation
                 if stops.draining or not current:
@@ -188,6 +200,7 @@ class Supervisor(Generic[P]):
         name = signal.Signals(signum).name
         if request is Request.DRAIN:
             logger.info("%s received: draining %d workers", name, len(self._workers))
+            self._notify.stopping()
             self._pending.clear()  # a worker waiting to restart stays down
             self._signal_all(signal.SIGTERM)
         elif request is Request.STOP_NOW:
@@ -211,6 +224,7 @@ class Supervisor(Generic[P]):
                 # second for "stop now" and skip the drain.
                 os.setpgid(0, 0)
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                self._notify.in_worker()
                 status = self.run_worker(index, state)
             except BaseException:
                 traceback.print_exc()
@@ -256,10 +270,11 @@ class Supervisor(Generic[P]):
                 logger.info("worker %d restarted: pid %d", index, self._pid_of(index))
 
     def _wait_time(self) -> float:
+        poll = WAITING_POLL if self._notify.waiting else _POLL  # owed: systemd's READY=1
         if not self._pending:
-            return _POLL
+            return poll
         soonest = min(self._pending.values()) - time.monotonic()
-        return min(_POLL, max(soonest, 0.001))
+        return min(poll, max(soonest, 0.001))
 
     def _pid_of(self, index: int) -> int:
         return max(
@@ -272,10 +287,12 @@ class Supervisor(Generic[P]):
             _kill(pid, signum)
 
     def _reload(self, old_mask: _Mask) -> None:
+        self._notify.reloading()
         try:
             state = self.prepare()
         except TLSDError as exc:
             logger.error("reload failed, keeping the running workers: %s", exc)
+            self._notify.reload_failed()
             return
         old = list(self._workers.values())
         self._pending.clear()  # the new generation starts every index
