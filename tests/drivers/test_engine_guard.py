@@ -9,9 +9,9 @@ The decision tests run real handshakes between two engines in memory.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -337,22 +337,16 @@ async def test_auto_offloads_an_ecdsa_answer_when_the_loop_has_a_backlog(
     assert server_threads(server) == offloaded
 
 
-def test_usable_cores_follow_the_cgroup_quota(tmp_path: Path) -> None:
-    cpu_max = tmp_path / "cpu.max"
-    cpu_max.write_text("max 100000\n")
-    unlimited = usable_cores(cpu_max)
-    assert unlimited >= 1
-    cpu_max.write_text("50000 100000\n")  # half a CPU
-    assert usable_cores(cpu_max) == 1
-    cpu_max.write_text(f"{150000 * unlimited} 100000\n")  # more than the affinity allows
-    assert usable_cores(cpu_max) == unlimited
-    assert usable_cores(tmp_path / "missing") == unlimited
+def test_usable_cores_are_the_affinity_mask() -> None:
+    assert usable_cores() == len(os.sched_getaffinity(0))
+    assert CryptoOffload().cores == usable_cores()
+    assert CryptoOffload(cores=3).cores == 3  # what the service passes
 
 
 def test_handshakes_setting_is_true_false_or_auto() -> None:
     assert OffloadSettings().handshakes == "auto"  # the default
     for value in ("sometimes", 1, None):
-        with pytest.raises(ConfigError, match="offload.handshakes"):
+        with pytest.raises(ConfigError, match=r"offload\.handshakes"):
             OffloadSettings(handshakes=value)  # type: ignore[arg-type]
 
 

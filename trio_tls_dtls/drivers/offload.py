@@ -15,7 +15,8 @@ behind the defaults.
 When a hop pays for a handshake step (``OffloadSettings.handshakes="auto"``,
 the default): a thread buys concurrency, never less work. It pays only if
 another core can run the step while the loop goes on, so never when this
-process may use one core (its CPU affinity, or a cgroup CPU quota, says so).
+loop has one core to itself (its CPU affinity says so; the service also
+counts a cgroup CPU quota and gives each of ``--workers`` its share).
 With a core to spare, an *expensive* step (an RSA signature, verifying a
 certificate chain: a millisecond or more that would stall every other
 connection) always goes; an ordinary one (an ECDSA server's answer to a
@@ -38,7 +39,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 import trio
@@ -53,26 +53,18 @@ T = TypeVar("T")
 BACKLOG_TASKS = 1
 # The load average is read at most this often (seconds; it is a minute's average).
 _LOAD_REFRESH = 1.0
-_CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
-def usable_cores(cpu_max: Path = _CGROUP_CPU_MAX) -> int:
-    """The cores this process may run on: its CPU affinity, capped by a cgroup v2 quota.
+def usable_cores() -> int:
+    """The cores in this process's CPU affinity mask (``taskset``, a cpuset).
 
-    *cpu_max* is the cgroup's ``cpu.max`` (``QUOTA PERIOD`` or ``max PERIOD``):
-    a container limited to 1.5 CPUs counts 2 cores, one limited to 0.5 counts 1.
+    The service passes a figure that also counts a cgroup CPU quota and
+    divides the cores among ``--workers`` (:mod:`trio_tls_dtls.service.cpu_quota`).
     """
     try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(cores, 1)
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
 
 
 def _machine_busy(cores: int) -> bool:
@@ -96,13 +88,14 @@ class CryptoOffload:
         settings: OffloadSettings | None = None,
         *,
         limiter: trio.CapacityLimiter | None = None,
+        cores: int | None = None,
     ) -> None:
         self.settings = settings if settings is not None else OffloadSettings()
         self.limiter = (
             limiter if limiter is not None else trio.CapacityLimiter(self.settings.max_threads)
         )
-        self.cores = usable_cores()
-        """The cores this process may use; with one, ``"auto"`` never offloads."""
+        self.cores = cores if cores is not None else usable_cores()
+        """The cores this loop may count on; with one, ``"auto"`` never offloads."""
         self._busy = False
         self._busy_checked = -math.inf
 

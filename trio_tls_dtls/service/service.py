@@ -30,6 +30,7 @@ from ..drivers.offload import CryptoOffload
 from ..drivers.tls.server import TLSHandler, TLSServer, echo_handler
 from . import sd_notify
 from .access_log import AccessLog
+from .cpu_quota import usable_cpus
 
 __all__ = ["Service", "serve"]
 
@@ -59,7 +60,13 @@ class Service:
         if not (tls or dtls):
             raise ConfigError("nothing to serve: enable TLS, DTLS or both")
         self.settings = settings
-        self.offload = offload if offload is not None else CryptoOffload(settings.offload)
+        self.offload = (
+            offload
+            if offload is not None
+            # The CPUs this process may use, a cgroup quota included: with
+            # one, handshakes stay on the loop (OffloadSettings "auto").
+            else CryptoOffload(settings.offload, cores=usable_cpus().count)
+        )
         self.tls: TLSServer | None = None
         self.dtls: DTLSServer | None = None
         self.access_log = AccessLog()
