@@ -23,9 +23,6 @@ from OpenSSL._util import lib as _lib
 
 __all__ = [
     "certificate_key_is_rsa",
-    "ciphertext_buffered",
-    "ciphertext_waiting",
-    "plaintext_buffered",
     "same_session",
     "session_reused",
     "set_expected_host",
@@ -85,26 +82,6 @@ def verify_error(conn: SSL.Connection) -> str | None:
         return None
     text = _lib_any.X509_verify_cert_error_string(code)
     return str(_ffi_any.string(text).decode("ascii", "replace"))
-
-
-# Asking a memory BIO how much it holds is one C call; reading an empty one
-# through pyOpenSSL raises (and builds) a WantReadError, several times the
-# cost, on every record. BIO_get_mem_data returns the length held.
-
-
-def ciphertext_waiting(conn: SSL.Connection) -> int:
-    """Bytes OpenSSL has written for the peer and not yet been read out."""
-    return int(_lib_any.BIO_get_mem_data(conn._from_ssl, _ffi_any.NULL))
-
-
-def ciphertext_buffered(conn: SSL.Connection) -> int:
-    """Bytes from the peer fed in but not yet read by OpenSSL."""
-    return int(_lib_any.BIO_get_mem_data(conn._into_ssl, _ffi_any.NULL))
-
-
-def plaintext_buffered(conn: SSL.Connection) -> int:
-    """Decrypted bytes OpenSSL holds from a record read earlier."""
-    return int(_lib_any.SSL_pending(_ssl_ptr(conn)))
 
 
 # Per context: a context's certificates never change once it made a

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from OpenSSL import SSL
 
+from . import ssl_calls
 from .errors import DatagramTooLargeError, HandshakeError, TLSError
 from .tls_engine import TLSEngine, client_connection, openssl_reason
 
@@ -68,13 +69,15 @@ class DTLSEngine(TLSEngine):
     because the memory BIO would otherwise merge them into one "packet".
     """
 
-    __slots__ = ("mtu",)
+    __slots__ = ("_data_mtu", "_timer_stopped", "mtu")
     _name = "DTLS"
     _skip_empty_reads = False
 
     def __init__(self, conn: SSL.Connection, *, server_side: bool, mtu: int) -> None:
         super().__init__(conn, server_side=server_side)
         self.mtu = mtu
+        self._data_mtu = 0  # max_message_size, once the handshake fixed the cipher
+        self._timer_stopped = False
         # OpenSSL fragments handshake messages to this size; OP_NO_QUERY_MTU
         # (set on our DTLS contexts) stops it asking the memory BIO instead.
         conn.set_ciphertext_mtu(mtu)
@@ -95,7 +98,7 @@ class DTLSEngine(TLSEngine):
         if not client_hello:
             # A memory BIO refuses a zero-length write with a bare SSL.Error.
             raise HandshakeError("an empty datagram is not a ClientHello", reason="empty datagram")
-        conn.bio_write(client_hello)
+        ssl_calls.feed(conn, client_hello)
         try:
             conn.DTLSv1_listen()
         except SSL.WantReadError:
@@ -130,19 +133,26 @@ class DTLSEngine(TLSEngine):
         would refuse it with an OpenSSL error).
         """
         if datagram:
-            self._conn.bio_write(datagram)
+            ssl_calls.feed(self._conn, datagram)
 
     def datagrams_to_send(self) -> list[bytes]:
         """Everything OpenSSL wrote, as datagrams of at most :attr:`mtu` bytes."""
         data = self.bytes_to_send()
         if not data:
             return []
+        if len(data) <= self.mtu:
+            return [data]  # what packing its records would make: one datagram
         return pack_datagrams(split_records(data), self.mtu)
 
     @property
     def max_message_size(self) -> int:
         """The largest application datagram that fits in one record at this MTU."""
-        return self._conn.get_cleartext_mtu()
+        if self._data_mtu:
+            return self._data_mtu
+        size: int = self._conn.get_cleartext_mtu()
+        if self._handshake_done:  # the cipher, and so the record overhead, is fixed now
+            self._data_mtu = size
+        return size
 
     def send_message(self, message: bytes | bytearray | memoryview) -> None:
         """Encrypt one application datagram into one record."""
@@ -165,7 +175,7 @@ class DTLSEngine(TLSEngine):
         """
         messages: list[bytes] = []
         while True:
-            data = self.receive(65536)
+            data = self.receive(ssl_calls.MAX_RECORD_PLAINTEXT)
             if not data:
                 return messages
             messages.append(data)
@@ -174,7 +184,15 @@ class DTLSEngine(TLSEngine):
 
     def timeout(self) -> float | None:
         """Seconds until OpenSSL wants :meth:`handle_timeout` called, or None."""
-        return self._conn.DTLSv1_get_timeout()
+        if self._timer_stopped:
+            return None
+        timeout: float | None = self._conn.DTLSv1_get_timeout()
+        if timeout is None and self._handshake_done:
+            # After the handshake nothing restarts the timer (renegotiation
+            # is off on our contexts; a lost final flight is resent when the
+            # peer's retransmission arrives, not on a timer): stop asking.
+            self._timer_stopped = True
+        return timeout
 
     def handle_timeout(self) -> bool:
         """Let OpenSSL retransmit its last flight if its timer expired.

@@ -7,9 +7,11 @@ OpenSSL's state machine. This module never touches a socket, a thread or a
 clock, which is what lets the tests pump two engines against each other in
 memory and lets the drivers decide *where* each call runs.
 
-OpenSSL reports "I need more input" by raising ``WantReadError``. Here that
-is an ordinary state: :meth:`~TLSEngine.do_handshake` returns False and
-:meth:`~TLSEngine.receive` returns None. Real failures become
+OpenSSL reports "I need more input" as ``SSL_ERROR_WANT_READ`` (which
+pyOpenSSL raises as ``WantReadError``). Here that is an ordinary state:
+:meth:`~TLSEngine.do_handshake` returns False and :meth:`~TLSEngine.receive`
+returns None. The calls made per record go through :mod:`.ssl_calls`, which
+skips pyOpenSSL's per-call wrappers (and that exception). Real failures become
 :class:`~trio_tls_dtls.core.errors.HandshakeError` or
 :class:`~trio_tls_dtls.core.errors.TLSError` carrying OpenSSL's reason text.
 
@@ -27,7 +29,7 @@ import ipaddress
 
 from OpenSSL import SSL
 
-from . import _ossl, _ossl_callbacks, ocsp
+from . import _ossl, _ossl_callbacks, ocsp, ssl_calls
 from .errors import HandshakeError, TLSError
 from .peer_info import Address, PeerInfo
 
@@ -147,7 +149,9 @@ class TLSEngine:
         Its next handshake step can only say "need input", so the engine
         answers that itself without asking OpenSSL (see :meth:`do_handshake`).
         """
-        return self._awaiting_hello and not self._eof and not _ossl.ciphertext_buffered(self._conn)
+        return (
+            self._awaiting_hello and not self._eof and not ssl_calls.ciphertext_buffered(self._conn)
+        )
 
     @property
     def signs_with_rsa(self) -> bool:
@@ -163,7 +167,7 @@ class TLSEngine:
     def receive_bytes(self, data: bytes | bytearray | memoryview) -> None:
         """Feed ciphertext received from the peer."""
         if data:
-            self._conn.bio_write(data)
+            ssl_calls.feed(self._conn, data)
 
     def receive_eof(self) -> None:
         """The transport ended. A later read without close_notify is a truncation."""
@@ -172,12 +176,10 @@ class TLSEngine:
 
     def bytes_to_send(self) -> bytes:
         """All ciphertext waiting to go to the peer (b"" if none)."""
-        conn = self._conn
-        waiting = _ossl.ciphertext_waiting(conn)
-        if not waiting:
-            return b""
-        self._sent_flight = True
-        return conn.bio_read(waiting)
+        data = ssl_calls.take_output(self._conn)
+        if data:
+            self._sent_flight = True
+        return data
 
     # -- handshake -------------------------------------------------------------
 
@@ -193,13 +195,12 @@ class TLSEngine:
             # A server with no ClientHello yet: OpenSSL could only say
             # WANT_READ (through a raised exception). It starts with the
             # hello, or with the EOF that says none will come.
-            if not self._eof and not _ossl.ciphertext_buffered(self._conn):
+            if not self._eof and not ssl_calls.ciphertext_buffered(self._conn):
                 return False
             self._awaiting_hello = False
         try:
-            self._conn.do_handshake()
-        except SSL.WantReadError:
-            return False
+            if not ssl_calls.handshake_step(self._conn):
+                return False
         except SSL.Error as exc:
             raise HandshakeError(self._describe_failure(exc), reason=self._reason(exc)) from exc
         self._handshake_done = True
@@ -228,8 +229,10 @@ class TLSEngine:
         """Encrypt *data* into records; they come out of :meth:`bytes_to_send`."""
         if self._sent_close:
             raise TLSError("cannot send after close_notify")
+        if not data:
+            return
         try:
-            self._conn.sendall(data)
+            ssl_calls.write(self._conn, data)
         except SSL.Error as exc:
             raise TLSError(
                 f"TLS send failed: {openssl_reason(exc)}", reason=openssl_reason(exc)
@@ -247,14 +250,12 @@ class TLSEngine:
         if (
             self._skip_empty_reads
             and not self._eof
-            and not _ossl.plaintext_buffered(conn)
-            and not _ossl.ciphertext_buffered(conn)
+            and not ssl_calls.plaintext_buffered(conn)
+            and not ssl_calls.ciphertext_buffered(conn)
         ):
-            return None  # what recv would say, without the cost of its exception
+            return None  # what SSL_read would say, without calling it
         try:
-            return conn.recv(max_bytes)
-        except SSL.WantReadError:
-            return None
+            return ssl_calls.read(conn, max_bytes)
         except SSL.ZeroReturnError:
             self._peer_closed = True
             return b""
@@ -291,7 +292,7 @@ class TLSEngine:
 
     def pending(self) -> int:
         """Plaintext bytes already decrypted and waiting to be read."""
-        return self._conn.pending()
+        return ssl_calls.plaintext_buffered(self._conn)
 
     def close(self) -> None:
         """Queue our close_notify (once). Nothing is sent before the handshake."""
