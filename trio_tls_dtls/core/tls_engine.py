@@ -174,6 +174,11 @@ class TLSEngine:
         self._eof = True
         self._conn.bio_shutdown()
 
+    @property
+    def has_bytes_to_send(self) -> bool:
+        """True if :meth:`bytes_to_send` would return ciphertext (one cheap query)."""
+        return ssl_calls.ciphertext_waiting(self._conn) > 0
+
     def bytes_to_send(self) -> bytes:
         """All ciphertext waiting to go to the peer (b"" if none)."""
         data = ssl_calls.take_output(self._conn)
@@ -250,8 +255,9 @@ class TLSEngine:
         if (
             self._skip_empty_reads
             and not self._eof
-            and not ssl_calls.plaintext_buffered(conn)
+            # Ciphertext first: just after a feed, one query says "go ahead".
             and not ssl_calls.ciphertext_buffered(conn)
+            and not ssl_calls.plaintext_buffered(conn)
         ):
             return None  # what SSL_read would say, without calling it
         try:

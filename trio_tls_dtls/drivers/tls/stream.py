@@ -40,7 +40,7 @@ from OpenSSL import SSL
 from ...core.engine import TLSEngine
 from ...core.errors import HandshakeError, TLSError
 from ...core.peer_info import Address, PeerInfo
-from ..conflict_detector import ConflictDetector
+from ..conflict_detector import ConflictDetector, Turn
 from ..engine_guard import EngineGuard
 from ..offload import CryptoOffload
 
@@ -104,7 +104,7 @@ class TLSStream(trio.abc.Stream):
         self._handshake_done = False
         self._info: PeerInfo | None = None
         self._handshake_lock: trio.Lock | None = trio.Lock()
-        self._send_lock = trio.StrictFIFOLock()
+        self._send_lock = Turn()
         self._send_conflict = ConflictDetector("another task is already sending on this TLSStream")
         self._receive_conflict = ConflictDetector(
             "another task is already receiving on this TLSStream"
@@ -157,23 +157,41 @@ class TLSStream(trio.abc.Stream):
 
     # -- moving ciphertext -------------------------------------------------
 
+    def _owes_bytes(self) -> bool:
+        """True if the engine may hold bytes for the peer that we may send now.
+
+        (If a send is in progress, its flush loop takes them.) While a
+        thread holds the engine we cannot look: then it may.
+        """
+        if self._send_lock.locked() or self._send_broken:
+            return False
+        return self._guard.busy or self._engine.has_bytes_to_send
+
     async def _flush(self) -> None:
         """Send everything the engine has queued, in order (see module docstring)."""
-        lock = self._send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()
+        turn = self._send_lock
+        if not turn.take_now():
+            await turn.take()
         try:
+            engine = self._engine
+            guard = self._guard
             while True:
-                data = await self._guard.inline(self._engine.bytes_to_send)
+                # Inline calls run directly unless a thread holds the engine.
+                if guard.busy:
+                    data = await guard.inline(engine.bytes_to_send)
+                else:
+                    data = engine.bytes_to_send()
                 if not data:
                     return
-                await self._transport_send(data)
+                if not await self._transport_send(data):
+                    # Sent without yielding: no other task ran, so nothing
+                    # new can be queued, and the engine was emptied.
+                    return
         finally:
-            lock.release()
+            turn.give_back()
 
-    async def _transport_send(self, data: bytes) -> None:
+    async def _transport_send(self, data: bytes) -> bool:
+        """Send *data*; whether we waited (and so other tasks may have run)."""
         sock = self._direct_socket
         if sock is not None and (fd := sock.fileno()) >= 0:
             try:
@@ -182,7 +200,7 @@ class TLSStream(trio.abc.Stream):
                 sent = 0
             if sent == len(data):
                 self._activity()
-                return
+                return False
             data = data[sent:]
         try:
             await self.transport_stream.send_all(data)
@@ -196,6 +214,7 @@ class TLSStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"transport failed while sending: {exc}") from exc
             raise
         self._activity()
+        return True
 
     async def _receive_into_engine(self, max_bytes: int | None = None) -> tuple[int, bool]:
         """Read one chunk of ciphertext into the engine: its size, and whether we yielded.
@@ -234,10 +253,15 @@ class TLSStream(trio.abc.Stream):
                     self._state = _State.BROKEN
                 raise
         self._activity()
-        if data:
-            await self._guard.inline(partial(self._engine.receive_bytes, data))
+        engine = self._engine
+        if self._guard.busy:
+            await self._guard.inline(
+                partial(engine.receive_bytes, data) if data else engine.receive_eof
+            )
+        elif data:
+            engine.receive_bytes(data)
         else:
-            await self._guard.inline(self._engine.receive_eof)
+            engine.receive_eof()
         return len(data), waited
 
     # -- handshake -------------------------------------------------------------
@@ -320,8 +344,12 @@ class TLSStream(trio.abc.Stream):
             if not data:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
+            guard = self._guard
             try:
-                await self._guard.record(partial(self._engine.send, data), len(data))
+                if guard.busy or guard.offloads_records(len(data)):
+                    await guard.record(partial(self._engine.send, data), len(data))
+                else:
+                    self._engine.send(data)  # the common case, without a coroutine
             except TLSError as exc:
                 self._state = _State.BROKEN
                 raise trio.BrokenResourceError(str(exc)) from exc
@@ -341,8 +369,11 @@ class TLSStream(trio.abc.Stream):
             self._check_usable(sending=True)
             # A receive_some may be flushing an alert; wait for it rather
             # than report a conflict the caller did not cause.
-            async with self._send_lock:
+            await self._send_lock.take()
+            try:
                 await self.transport_stream.wait_send_all_might_not_block()
+            finally:
+                self._send_lock.give_back()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         with self._receive_conflict:
@@ -357,7 +388,7 @@ class TLSStream(trio.abc.Stream):
             if not self._handshake_done:
                 await self._implicit_handshake()
             data, yielded = await self._receive_plaintext(max_bytes)
-            if not (self._send_lock.locked() or self._send_broken):
+            if self._owes_bytes():
                 # Reading may have queued bytes for the peer (an alert, a
                 # KeyUpdate reply). If a send is in progress, its flush loop
                 # takes them; otherwise send them now.
@@ -382,20 +413,24 @@ class TLSStream(trio.abc.Stream):
         # thread at all: small reads never do, whatever arrived. (Locals
         # here stay alive while an idle connection waits: keep them few.)
         fed = 0
+        guard = self._guard
         while True:
             try:
-                data = await self._guard.record(
-                    partial(engine.receive, max_bytes),
-                    fed,
-                    in_thread=partial(engine.receive_many, max_bytes) if fed else None,
-                )
+                if guard.busy or (fed and guard.offloads_records(fed)):
+                    data = await guard.record(
+                        partial(engine.receive, max_bytes),
+                        fed,
+                        in_thread=partial(engine.receive_many, max_bytes) if fed else None,
+                    )
+                else:
+                    data = engine.receive(max_bytes)  # the common case, without a coroutine
             except TLSError as exc:
                 self._state = _State.BROKEN
                 await self._send_alert()
                 raise trio.BrokenResourceError(str(exc)) from exc
             if data is not None:
                 return data, yielded
-            if not (self._send_lock.locked() or self._send_broken):
+            if self._owes_bytes():
                 # Reading may have queued bytes that the peer waits for before
                 # it sends anything more (a refused renegotiation's alert).
                 await self._flush()
