@@ -17,7 +17,7 @@ from . import ssl_calls
 from .errors import DatagramTooLargeError, HandshakeError, TLSError
 from .tls_engine import TLSEngine, client_connection, openssl_reason
 
-__all__ = ["DTLSEngine", "pack_datagrams", "split_records"]
+__all__ = ["DTLSEngine", "count_records", "pack_datagrams", "split_records"]
 
 _DTLS_RECORD_HEADER = 13
 
@@ -39,6 +39,22 @@ def split_records(data: bytes) -> list[bytes]:
     if offset != len(data):  # pragma: no cover - OpenSSL never writes half a record
         raise TLSError("internal error: OpenSSL wrote a partial DTLS record")
     return records
+
+
+def count_records(datagram: bytes) -> int:
+    """The whole DTLS records in a datagram from the peer, as OpenSSL will frame them.
+
+    A record whose length runs past the end is not counted: OpenSSL drops
+    the rest of the datagram there too.
+    """
+    count = offset = 0
+    size = len(datagram)
+    while offset + _DTLS_RECORD_HEADER <= size:
+        offset += _DTLS_RECORD_HEADER + int.from_bytes(datagram[offset + 11 : offset + 13], "big")
+        if offset > size:
+            break
+        count += 1
+    return count
 
 
 def pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
@@ -69,7 +85,7 @@ class DTLSEngine(TLSEngine):
     because the memory BIO would otherwise merge them into one "packet".
     """
 
-    __slots__ = ("_data_mtu", "_timer_stopped", "mtu")
+    __slots__ = ("_data_mtu", "_records_fed", "_timer_stopped", "mtu")
     _name = "DTLS"
     _skip_empty_reads = False
 
@@ -78,6 +94,11 @@ class DTLSEngine(TLSEngine):
         self.mtu = mtu
         self._data_mtu = 0  # max_message_size, once the handshake fixed the cipher
         self._timer_stopped = False
+        # Whole records fed by receive_datagram since receive_messages last
+        # ran (-1: unknown, something else fed bytes). Counting too many
+        # costs one read; too few would leave a message behind, so anything
+        # else that feeds makes it unknown.
+        self._records_fed = 0
         # OpenSSL fragments handshake messages to this size; OP_NO_QUERY_MTU
         # (set on our DTLS contexts) stops it asking the memory BIO instead.
         conn.set_ciphertext_mtu(mtu)
@@ -134,6 +155,13 @@ class DTLSEngine(TLSEngine):
         """
         if datagram:
             ssl_calls.feed(self._conn, datagram)
+            if self._records_fed >= 0:
+                self._records_fed += count_records(datagram)
+
+    def receive_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed ciphertext that may hold any number of records (prefer :meth:`receive_datagram`)."""
+        self._records_fed = -1
+        super().receive_bytes(data)
 
     def datagrams_to_send(self) -> list[bytes]:
         """Everything OpenSSL wrote, as datagrams of at most :attr:`mtu` bytes."""
@@ -174,11 +202,18 @@ class DTLSEngine(TLSEngine):
         silently). After the peer's close_notify, :attr:`peer_closed` is true.
         """
         messages: list[bytes] = []
-        while True:
+        # Each message is one whole record fed (a record's plaintext fits
+        # the read), so once every record fed has given one, the next read
+        # could only say "need input": skip it.
+        left = self._records_fed
+        self._records_fed = 0
+        while left:
             data = self.receive(ssl_calls.MAX_RECORD_PLAINTEXT)
             if not data:
-                return messages
+                break
             messages.append(data)
+            left -= 1
+        return messages
 
     # -- retransmission timer ------------------------------------------------
 
