@@ -33,6 +33,7 @@ import operator
 import os
 from collections.abc import Callable
 from functools import partial
+from typing import NoReturn
 
 import trio
 from OpenSSL import SSL
@@ -103,7 +104,7 @@ class TLSStream(trio.abc.Stream):
         self._send_broken = False
         self._handshake_done = False
         self._info: PeerInfo | None = None
-        self._handshake_lock: trio.Lock | None = trio.Lock()
+        self._handshake_lock: Turn | None = Turn()
         self._send_lock = Turn()
         self._send_conflict = ConflictDetector("another task is already sending on this TLSStream")
         self._receive_conflict = ConflictDetector(
@@ -196,8 +197,14 @@ class TLSStream(trio.abc.Stream):
         if sock is not None and (fd := sock.fileno()) >= 0:
             try:
                 sent = os.write(fd, data)
-            except OSError:  # would block, or failed: trio's send waits or reports it
+            except BlockingIOError:  # trio's send waits for room
                 sent = 0
+            except OSError as exc:
+                # Reset, or the peer is gone (a client that closed right
+                # after its handshake, before our tickets or close_notify):
+                # what trio's send_all would find out again, more slowly.
+                self._send_broken = True
+                self._raise_send_failed(exc)
             if sent == len(data):
                 self._activity()
                 return False
@@ -209,12 +216,15 @@ class TLSStream(trio.abc.Stream):
             # be sent after it safely.
             self._send_broken = True
             if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
-                if self._state is _State.CLOSED:
-                    raise trio.ClosedResourceError("this TLSStream was closed") from exc
-                raise trio.BrokenResourceError(f"transport failed while sending: {exc}") from exc
+                self._raise_send_failed(exc)
             raise
         self._activity()
         return True
+
+    def _raise_send_failed(self, exc: BaseException) -> NoReturn:
+        if self._state is _State.CLOSED:
+            raise trio.ClosedResourceError("this TLSStream was closed") from exc
+        raise trio.BrokenResourceError(f"transport failed while sending: {exc}") from exc
 
     async def _receive_into_engine(self, max_bytes: int | None = None) -> tuple[int, bool]:
         """Read one chunk of ciphertext into the engine: its size, and whether we yielded.
@@ -274,21 +284,23 @@ class TLSStream(trio.abc.Stream):
         The caller sets the deadline (servers and ``open_tls_stream`` do).
         """
         self._check_usable()
-        if self._handshake_done:
+        turn = self._handshake_lock
+        if self._handshake_done or turn is None:  # done (and the turn dropped)
             await trio.lowlevel.checkpoint()
             return
-        lock = self._handshake_lock
-        if lock is None:  # done, and the lock already dropped
-            await trio.lowlevel.checkpoint()
-            return
-        async with lock:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not turn.take_now():
+            await turn.take()
+        try:
             # Another task may have finished (or failed) it while we waited.
             self._check_usable()
             if not self._handshake_done:
                 await self._handshake_or_raise()
-                # Later callers see _handshake_done first; the lock's parking
-                # lot is per-connection memory an idle connection need not keep.
+                # Later callers see _handshake_done first; an idle
+                # connection need not keep the turn (per-connection memory).
                 self._handshake_lock = None
+        finally:
+            turn.give_back()
 
     async def _handshake_or_raise(self) -> None:
         try:
