@@ -7,7 +7,8 @@ numbers and names that must match across files.
 * the container's arguments parse with trio-tlsd's own parser;
 * ``--workers`` equals the CPU limit (one worker per CPU the pod may use);
 * the probes reach ``/readyz`` and ``/healthz`` on the ``--metrics-port``;
-* the grace period outlasts the preStop sleep plus ``--drain-timeout``;
+* the grace period outlasts the preStop sleep plus ``--drain-delay`` plus
+  ``--drain-timeout`` (and the unit's stop timeout drain_delay plus drain_timeout);
 * the certificate, key and cookie secret paths are on read-only Secret volumes;
 * the pod runs as the image's user, read-only, with no capabilities;
 * the Service has TCP and UDP on the ``tls``/``dtls`` container ports, with
@@ -96,8 +97,12 @@ def check_kubernetes() -> None:
         check(get["path"] == path and get["port"] == "metrics", f"{probe} must GET {path}")
     sleep = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     drain = float(flag(args, "--drain-timeout") or 10)
+    delay = float(flag(args, "--drain-delay") or 0)  # accepting after SIGTERM, before the drain
     grace = pod["terminationGracePeriodSeconds"]
-    check(grace > sleep + drain, f"grace {grace}s <= preStop {sleep}s + drain {drain}s")
+    check(
+        grace > sleep + delay + drain,
+        f"grace {grace}s <= preStop {sleep}s + drain delay {delay}s + drain {drain}s",
+    )
 
     secure = container["securityContext"]
     check(secure["readOnlyRootFilesystem"] is True, "readOnlyRootFilesystem")
@@ -150,9 +155,15 @@ def check_systemd() -> None:
     service = unit["Service"]
     for key, value in (("Type", "notify"), ("NotifyAccess", "main"), ("KillMode", "mixed")):
         check(service.get(key) == value, f"{UNIT.name}: {key}={value}")
-    drain = float(re.search(r"drain_timeout = (\d+)", TOML.read_text()).group(1))  # type: ignore[union-attr]
+    toml = TOML.read_text()
+    drain = float(re.search(r"drain_timeout = (\d+)", toml).group(1))  # type: ignore[union-attr]
+    delay_set = re.search(r"^drain_delay = (\d+)", toml, re.M)
+    delay = float(delay_set.group(1)) if delay_set else 0.0
     stop = float(service["TimeoutStopSec"])
-    check(stop > drain, f"{UNIT.name}: TimeoutStopSec={stop} <= drain_timeout {drain}")
+    check(
+        stop > delay + drain,
+        f"{UNIT.name}: TimeoutStopSec={stop} <= drain_delay {delay} + drain_timeout {drain}",
+    )
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         print("systemd-analyze not installed: the unit's syntax was not verified")

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from .drivers.tls.server import TLSHandler, TLSServer, TLSServerStats, echo_handler, serve_tls
     from .drivers.tls.stream import TLSStream
     from .service.forward import forward_tcp, forward_udp
+    from .service.health import serve_health
     from .service.metrics import serve_metrics
     from .service.service import Service, serve
 
@@ -90,6 +91,7 @@ _EXPORTS: dict[str, str] = {
     "RecordParseError": "core.errors",
     "serve": "service.service",
     "serve_dtls": "drivers.dtls.server",
+    "serve_health": "service.health",
     "serve_metrics": "service.metrics",
     "serve_tls": "drivers.tls.server",
     "ServerSettings": "core.settings",
@@ -155,6 +157,7 @@ __all__ = [
     "open_tls_stream",
     "serve",
     "serve_dtls",
+    "serve_health",
     "serve_metrics",
     "serve_tls",
 ]

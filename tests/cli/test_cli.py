@@ -132,10 +132,16 @@ def test_encrypted_key_needs_its_passphrase(tmp_path: Path, pki: PKIFiles) -> No
         (["--port", "70000"], "port must be 0-65535"),
         (["--port", "http"], "port must be an integer"),
         (["--idle-timeout", "soon"], "seconds"),
+        (["--max-connection-lifetime", "-5"], "expected a positive number of seconds, not -5"),
         (["--max-connections", "-1"], "positive integer"),
         (["--verify-client", "sometimes"], "invalid choice"),
         (["--mtu", "100"], "MTU must be 512-65507 bytes, not 100"),
         (["--max-peers", "0"], "positive integer"),
+        (
+            ["--reload-interval", "-1"],
+            "argument --reload-interval: expected 0 or a positive number",
+        ),
+        (["--ticket-key-rotation", "daily"], "argument --ticket-key-rotation: expected a number"),
     ],
 )
 def test_invalid_option_values(flags: list[str], fragment: str) -> None:

@@ -9,6 +9,8 @@ import pytest
 from tests.cli.test_cli import assert_one_line_error, run_cli
 from tests.conftest import PKIFiles
 from trio_tls_dtls.cli.config_file import DEFAULTS, load_config_file
+from trio_tls_dtls.cli.main import build_parser
+from trio_tls_dtls.cli.serve_settings import serve_options, settings_from
 from trio_tls_dtls.core.errors import ConfigError
 
 
@@ -22,7 +24,8 @@ def test_values_are_checked_and_paths_resolved(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         'port = 8443\ncert = "tls/server.pem"\nidle_timeout = false\n'
-        'protocols = ["dtls"]\nalpn = ["h2"]\nhandshake_timeout = 2\n',
+        'protocols = ["dtls"]\nalpn = ["h2"]\nhandshake_timeout = 2\n'
+        "reload_interval = 0\nticket_key_rotation = 3600\n",
     )
     options = load_config_file(path)
     assert options == {
@@ -32,6 +35,8 @@ def test_values_are_checked_and_paths_resolved(tmp_path: Path) -> None:
         "protocols": ["dtls"],
         "alpn": ["h2"],
         "handshake_timeout": 2.0,
+        "reload_interval": 0.0,
+        "ticket_key_rotation": 3600.0,
     }
     assert set(options) <= set(DEFAULTS)
 
@@ -44,11 +49,14 @@ def test_values_are_checked_and_paths_resolved(tmp_path: Path) -> None:
         ('port = "443"\n', "key 'port': expected a port 0-65535, got '443'"),
         ("port = 70000\n", "key 'port': expected a port 0-65535, got 70000"),
         ("idle_timeout = -1\n", "key 'idle_timeout': expected a positive number"),
+        ("max_connection_lifetime = 0\n", "key 'max_connection_lifetime': expected a positive"),
         ("max_connections = true\n", "key 'max_connections': expected a positive integer"),
         ('verify_client = "maybe"\n', "key 'verify_client': expected one of"),
         ('protocols = ["quic"]\n', "key 'protocols'"),
         ("mtu = 100\n", "key 'mtu': expected an MTU of 512-65507 bytes, got 100"),
         ("port = \n", "is not valid TOML"),
+        ("reload_interval = -5\n", "key 'reload_interval': expected 0 or a positive number"),
+        ("ticket_key_rotation = true\n", "key 'ticket_key_rotation': expected a number"),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, message: str) -> None:
@@ -79,6 +87,31 @@ def test_check_config_loads_the_certificates(pki: PKIFiles, tmp_path: Path) -> N
     assert_one_line_error(run_cli("check-config", str(path)), "does not match")
     path = write(tmp_path, 'colour = "blue"\n')
     assert_one_line_error(run_cli("check-config", str(path)), str(path), "unknown key 'colour'")
+
+
+def test_max_connection_lifetime_is_off_unless_the_file_or_a_flag_sets_it(
+    pki: PKIFiles, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        f'cert = "{pki.server_cert}"\nkey = "{pki.server_key}"\nmax_connection_lifetime = 3600\n',
+    )
+
+    def lifetime(*flags: str) -> float | None:
+        args = build_parser().parse_args(["serve", *flags])
+        settings, _ = settings_from(serve_options(args), make_dev_pki=False)
+        return settings.max_connection_lifetime
+
+    assert lifetime("--cert", str(pki.server_cert), "--key", str(pki.server_key)) is None
+    assert lifetime("--config", str(path)) == 3600.0
+    assert lifetime("--config", str(path), "--max-connection-lifetime", "90") == 90.0
+    assert lifetime("--config", str(path), "--max-connection-lifetime", "off") is None
+
+
+def test_server_settings_name_a_bad_lifetime(pki: PKIFiles) -> None:
+    for bad in (0, -1.0, float("inf"), "1h", True):
+        with pytest.raises(ConfigError, match="max_connection_lifetime must be"):
+            pki.server_settings(max_connection_lifetime=bad)
 
 
 async def test_flags_override_the_file(pki: PKIFiles, tmp_path: Path) -> None:

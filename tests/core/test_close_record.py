@@ -100,7 +100,8 @@ def test_the_record_is_frozen_and_the_reasons_are_the_documented_ones() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         record.reason = "drained"  # type: ignore[misc]
     documented = {
-        "peer_closed", "handler_done", "idle_timeout", "handshake_timeout", "handshake_failed",
+        "peer_closed", "handler_done", "idle_timeout", "lifetime", "handshake_timeout",
+        "handshake_failed",
         "broken", "drained", "proxy_untrusted", "proxy_header", "removed", "error", "cancelled",
     }  # fmt: skip
     assert set(typing.get_args(CloseReason)) == documented

@@ -24,6 +24,8 @@ from trio_tls_dtls.core.proxy_protocol import (
 )
 from trio_tls_dtls.core.settings import DEFAULT_PROXY_TRUSTED
 
+PARSED_TLVS = ((0x01, b"h2"), (0x05, b"unique-id"), (0x04, b""))  # TLVS, as the parser returns them
+
 # (header bytes, expected header) for every accepted form.
 VALID = [
     (
@@ -38,7 +40,9 @@ VALID = [
     (v1("UNKNOWN ffff::1 ffff::2 1 2"), ProxyHeader(1, "PROXY", None, None, 35)),
     (
         v2(0x11, inet("203.0.113.7", "192.0.2.1", 4242, 443), tlvs=TLVS),
-        ProxyHeader(2, "PROXY", ("203.0.113.7", 4242), ("192.0.2.1", 443), 16 + 12 + len(TLVS)),
+        ProxyHeader(
+            2, "PROXY", ("203.0.113.7", 4242), ("192.0.2.1", 443), 16 + 12 + len(TLVS), PARSED_TLVS
+        ),
     ),
     (
         v2(0x21, inet6("2001:db8::7", "2001:db8::1", 4242, 443)),
@@ -46,7 +50,9 @@ VALID = [
     ),
     (
         v2(0x21, inet6("::ffff:203.0.113.7", "::1", 1, 2), tlvs=TLVS),
-        ProxyHeader(2, "PROXY", ("::ffff:cb00:7107", 1), ("::1", 2), 16 + 36 + len(TLVS)),
+        ProxyHeader(
+            2, "PROXY", ("::ffff:cb00:7107", 1), ("::1", 2), 16 + 36 + len(TLVS), PARSED_TLVS
+        ),
     ),
     # LOCAL: the block (whatever its family) is discarded.
     (

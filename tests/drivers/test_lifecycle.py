@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from OpenSSL import SSL
 
 from tests.conftest import PKIFiles
 from tests.helpers import port_of
@@ -74,6 +75,8 @@ class FakeConversation:
 
     async def send_close_notify(self) -> None:
         await trio.lowlevel.checkpoint()
+        if self.closed:
+            raise trio.ClosedResourceError("closed")
         if self.goodbye_broken:
             raise trio.BrokenResourceError("transport gone")
         if self.busy_goodbyes:
@@ -108,6 +111,9 @@ class Harness:
     """Where records go instead of :attr:`records`."""
     default_sink: bool = False
     """Give the lifecycle no sink: it counts into stats and logs the access line."""
+    settings: ServerSettings = SETTINGS
+    goodbye_grace: float | None = None
+    """The transport's grace after a drain's close_notify (DTLS has one)."""
     stats: TLSServerStats = field(default_factory=TLSServerStats)
     records: list[CloseRecord] = field(default_factory=list)
     ended: list[tuple[Opened[FakeConversation] | None, FakeConversation]] = field(
@@ -120,8 +126,14 @@ class Harness:
 
     def __post_init__(self) -> None:
         self.lifecycle = Lifecycle(
-            Transport("TLS", "connection", logging.getLogger("tests.lifecycle"), 2.0),
-            SETTINGS,
+            Transport(
+                "TLS",
+                "connection",
+                logging.getLogger("tests.lifecycle"),
+                2.0,
+                goodbye_grace=self.goodbye_grace,
+            ),
+            self.settings,
             self.handler,
             self.stats,
             None if self.default_sink else self.sink or self.records.append,
@@ -446,3 +458,11 @@ async def test_servers_send_their_records_to_a_sink_of_your_own(
     # The sink replaced the default: no access line, no counting.
     assert [r for r in caplog.records if r.name == "trio_tls_dtls.access"] == []
     assert not tls.stats.closed_by_reason and not dtls.stats.closed_by_reason
+
+
+def test_servers_still_expose_their_current_context(pki: PKIFiles) -> None:
+    """``server.context`` (public before ticket-key fronts) is the current front."""
+    settings = pki.server_settings()
+    for server in (TLSServer(echo_handler, settings), DTLSServer(dtls_echo_handler, settings)):
+        assert isinstance(server.context, SSL.Context)
+        assert server.context is server.contexts.current

@@ -16,7 +16,8 @@ relative to the file's folder. Example::
     idle_timeout = 120          # or false for none
     cookie_secret_file = "cookie.key"
     log_format = "json"         # or "text" (the default)
-    metrics_port = 9464         # Prometheus: http://127.0.0.1:9464/metrics
+    metrics_port = 9464         # Prometheus: http://127.0.0.1:9464/metrics (and /readyz)
+    drain_delay = 5             # on SIGTERM: /readyz fails, accept 5 s more, then drain
 
 An unknown key, a value of the wrong type or an impossible value is a
 :class:`~trio_tls_dtls.core.errors.ConfigError` naming the key and the file.
@@ -64,14 +65,18 @@ DEFAULTS: dict[str, Any] = {
     "psk_file": None,
     "keylog_file": None,
     "session_tickets": True,
+    "ticket_key_rotation": 86400.0,
+    "reload_interval": 10.0,
     "handshake_timeout": 10.0,
     "idle_timeout": 300.0,
+    "max_connection_lifetime": None,
     "max_connections": 1024,
     "per_source_rate": 50.0,
     "per_source_burst": 100,
     "per_source_connections": 256,
     "per_source_exempt": ["127.0.0.0/8", "::1/128"],
     "drain_timeout": 10.0,
+    "drain_delay": 0.0,
     "mtu": DEFAULT_DTLS_MTU,
     "max_peers": 1024,
     "cookie_secret_file": None,
@@ -80,9 +85,12 @@ DEFAULTS: dict[str, Any] = {
     "group": None,
     "forward_tcp": None,
     "forward_udp": None,
+    "forward_proxy_protocol": "off",
     "log_format": "text",
     "metrics_port": None,
     "metrics_host": "127.0.0.1",
+    "health_port": None,
+    "health_host": "127.0.0.1",
     "proxy_protocol": False,
     "proxy_trusted": list(DEFAULT_PROXY_TRUSTED),
 }
@@ -109,6 +117,14 @@ def _seconds(value: object, base: Path) -> float:
         raise _Bad(f"expected a number of seconds, got {value!r}")
     if not (value > 0 and math.isfinite(value)):
         raise _Bad(f"expected a positive number of seconds, got {value}")
+    return float(value)
+
+
+def _non_negative_seconds(value: object, base: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad(f"expected a number of seconds, got {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise _Bad(f"expected 0 or a positive number of seconds, got {value}")
     return float(value)
 
 
@@ -208,14 +224,18 @@ _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "psk_file": _path,
     "keylog_file": _path,
     "session_tickets": _bool,
+    "ticket_key_rotation": _non_negative_seconds,
+    "reload_interval": _non_negative_seconds,
     "handshake_timeout": _seconds,
     "idle_timeout": _optional_seconds,
+    "max_connection_lifetime": _optional_seconds,
     "max_connections": _int_in(1, 2**31, "a positive integer"),
     "per_source_rate": _rate,
     "per_source_burst": _int_in(1, 2**31, "a positive integer"),
     "per_source_connections": _int_in(0, 2**31, "0 (off) or a positive integer"),
     "per_source_exempt": _networks,
     "drain_timeout": _seconds,
+    "drain_delay": _non_negative_seconds,
     "mtu": _int_in(MIN_DTLS_MTU, MAX_DTLS_MTU, f"an MTU of {MIN_DTLS_MTU}-{MAX_DTLS_MTU} bytes"),
     "max_peers": _int_in(1, 2**31, "a positive integer"),
     "cookie_secret_file": _path,
@@ -224,9 +244,12 @@ _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "group": _string,
     "forward_tcp": _host_port,
     "forward_udp": _host_port,
+    "forward_proxy_protocol": _choice("off", "v1", "v2"),
     "log_format": _choice("text", "json"),
     "metrics_port": _int_in(1, 65535, "a port 1-65535"),
     "metrics_host": _string,
+    "health_port": _int_in(1, 65535, "a port 1-65535"),
+    "health_host": _string,
     "proxy_protocol": _bool,
     "proxy_trusted": _networks,
 }

@@ -17,10 +17,12 @@ from .targets import parse_target
 
 __all__ = [
     "count_or_off",
+    "health_port",
     "int_at_least",
     "metrics_port",
     "mtu",
     "network_list",
+    "non_negative_seconds",
     "optional_seconds",
     "port",
     "positive_int",
@@ -48,6 +50,13 @@ def metrics_port(text: str) -> int:
     return value
 
 
+def health_port(text: str) -> int:
+    value = port(text)
+    if value == 0:  # a probe must know where to ask; worker k serves on P + k
+        raise argparse.ArgumentTypeError("health port must be 1-65535, not 0")
+    return value
+
+
 def seconds(text: str) -> float:
     try:
         value = float(text)
@@ -55,6 +64,16 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text}")
+    return value
+
+
+def non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive number of seconds, not {text}")
     return value
 
 

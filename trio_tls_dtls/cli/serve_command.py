@@ -7,8 +7,8 @@ and cookie secret, so a bad file fails before any port is bound. What a
 serving process does from then on (bind, drop root, serve, drain on a
 signal, the summary line and exit status) is the service layer's
 :func:`~trio_tls_dtls.service.serving_process.serve_process`, shared with
-every worker; this module adds the CLI's banner, metrics endpoint and
-``openssl s_client`` hints through its ``on_serving`` hook.
+every worker; this module adds the CLI's banner, metrics and health
+endpoints and ``openssl s_client`` hints through its ``on_serving`` hook.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import trio
 from ..core.errors import ConfigError
 from ..core.peer_info import format_address
 from ..core.settings import ServerSettings, VerifyClient
+from ..service.health import serve_health
 from ..service.log_format import make_formatter, status_line
 from ..service.metrics import serve_metrics
 from ..service.privileges import drop_privileges
@@ -31,7 +32,13 @@ from ..service.service import Service
 from ..service.serving_process import ProcessHooks, Serving, serve_process
 from ..service.workers import serve_workers, worker_count
 from .dev_pki import DEFAULT_CERT_DIR
-from .serve_settings import handlers_from, identity_from, serve_options, settings_from
+from .serve_settings import (
+    check_combinations,
+    handlers_from,
+    identity_from,
+    serve_options,
+    settings_from,
+)
 
 __all__ = ["connect_hint", "run"]
 
@@ -65,9 +72,12 @@ def _run_workers(
 ) -> int:
     if options["port"] == 0:
         raise ConfigError("--workers needs a fixed --port (with port 0 each would get its own)")
-    metrics_port = options["metrics_port"]
-    if metrics_port is not None and metrics_port + count - 1 > 65535:
-        raise ConfigError(f"--metrics-port {metrics_port}: no room for ports P..P+{count - 1}")
+    for flag in ("metrics_port", "health_port"):
+        first = options[flag]
+        if first is not None and first + count - 1 > 65535:
+            name = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{name} {first}: no room for ports P..P+{count - 1}")
+    check_combinations(options, workers=count)
     print(
         status_line(f"trio-tlsd: starting {count} workers on port {options['port']}"),
         file=sys.stderr,
@@ -87,17 +97,24 @@ def _run_workers(
 
 
 async def _announce(options: dict[str, Any], dev: bool, serving: Serving) -> None:
-    """The on_serving hook: metrics, then the banner and what a user needs to connect."""
+    """The on_serving hook: metrics and health, then the banner and how to connect."""
     service = serving.service
+    # One metrics (and health) port per process: worker k serves on P + k.
+    worker = serving.worker or 0
     if options["metrics_port"] is not None:
-        # One metrics port per process: worker k serves on P + k.
-        wanted = options["metrics_port"] + (serving.worker or 0)
+        host = options["metrics_host"]
         metrics_port = await serving.nursery.start(
-            partial(serve_metrics, service, wanted, host=options["metrics_host"])
+            partial(serve_metrics, service, options["metrics_port"] + worker, host=host)
         )
-        logger.info(
-            "metrics at http://%s/metrics", format_address((options["metrics_host"], metrics_port))
+        where = format_address((host, metrics_port))
+        logger.info("metrics at http://%s/metrics, health at /healthz and /readyz", where)
+    if options["health_port"] is not None:
+        host = options["health_host"]
+        health_port = await serving.nursery.start(
+            partial(serve_health, service, options["health_port"] + worker, host=host)
         )
+        where = format_address((host, health_port))
+        logger.info("health at http://%s/healthz and /readyz", where)
     print(
         status_line(f"{serving.who}: serving {_what(options, service)}: {service.describe()}"),
         file=sys.stderr,

@@ -44,7 +44,14 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         "--ocsp-staple",
         type=Path,
         metavar="FILE",
-        help="DER OCSP response to staple (re-read on SIGHUP; see docs/howto/ocsp)",
+        help="DER OCSP response to staple (re-read on reload; see docs/howto/ocsp)",
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=values.non_negative_seconds,
+        metavar="S",
+        help="look at the certificate, key, CA and OCSP files every S seconds and reload "
+        "when they change (default: 10; 0 = only on SIGHUP)",
     )
     p.add_argument("--ca", type=Path, help="CA file that signs client certificates")
     p.add_argument(
@@ -92,9 +99,25 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         "--keylog-file", type=Path, help="append TLS secrets here (SSLKEYLOGFILE format)"
     )
     p.add_argument("--no-session-tickets", action="store_true", help="disable session resumption")
+    p.add_argument(
+        "--ticket-key-rotation",
+        type=values.non_negative_seconds,
+        metavar="S",
+        help="new session-ticket keys every S seconds; the previous ones still resume "
+        "(default: 86400; 0 = never)",
+    )
     p.add_argument("--handshake-timeout", type=values.seconds, metavar="S", help="default: 10")
     p.add_argument(
-        "--idle-timeout", type=values.optional_seconds, metavar="S", help="default: 300; 0 = none"
+        "--idle-timeout",
+        type=values.optional_seconds,
+        metavar="S",
+        help="close after S without application data either way (default: 300; 0 = none)",
+    )
+    p.add_argument(
+        "--max-connection-lifetime",
+        type=values.optional_seconds,
+        metavar="S",
+        help="close any connection / DTLS peer S after it began (default: none)",
     )
     p.add_argument("--max-connections", type=values.positive_int, metavar="N", help="default: 1024")
     p.add_argument(
@@ -128,6 +151,13 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         help="on SIGINT/SIGTERM, how long open connections get to finish (default: 10)",
     )
     p.add_argument(
+        "--drain-delay",
+        type=values.non_negative_seconds,
+        metavar="S",
+        help="on SIGINT/SIGTERM, keep accepting this long with /readyz failing, "
+        "then drain (default: 0)",
+    )
+    p.add_argument(
         "--forward-tcp",
         type=values.target_text,
         metavar="HOST:PORT",
@@ -138,6 +168,12 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         type=values.target_text,
         metavar="HOST:PORT",
         help="forward each DTLS peer's datagrams to this UDP backend (default: echo)",
+    )
+    p.add_argument(
+        "--forward-proxy-protocol",
+        choices=["off", "v1", "v2"],
+        help="tell the backend who the client is: a PROXY header before the TCP stream "
+        "(v1 or v2), on each UDP datagram (v2 only); v2 carries the TLS facts (default: off)",
     )
     p.add_argument(
         "--log-format",
@@ -151,6 +187,14 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         help="serve Prometheus metrics at http://HOST:P/metrics (default: off)",
     )
     p.add_argument("--metrics-host", help="address for --metrics-port (default: 127.0.0.1)")
+    p.add_argument(
+        "--health-port",
+        type=values.health_port,
+        metavar="P",
+        help="serve /healthz and /readyz at http://HOST:P (default: off; "
+        "always on the --metrics-port too)",
+    )
+    p.add_argument("--health-host", help="address for --health-port (default: 127.0.0.1)")
     p.add_argument(
         "--user",
         metavar="NAME",

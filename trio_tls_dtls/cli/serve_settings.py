@@ -26,7 +26,14 @@ from .config_file import DEFAULTS, load_config_file
 from .dev_pki import DEFAULT_CERT_DIR, ensure_dev_pki
 from .targets import parse_target
 
-__all__ = ["Handlers", "handlers_from", "identity_from", "serve_options", "settings_from"]
+__all__ = [
+    "Handlers",
+    "check_combinations",
+    "handlers_from",
+    "identity_from",
+    "serve_options",
+    "settings_from",
+]
 
 logger = logging.getLogger("trio_tls_dtls.cli")
 
@@ -48,8 +55,34 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def check_combinations(options: dict[str, Any], *, workers: int = 1) -> None:
+    """Options that are fine alone but not together; a ConfigError naming them.
+
+    *workers* processes serve metrics and health on P..P+workers-1 each.
+    """
+    proxy = options["forward_proxy_protocol"]
+    if proxy != "off":
+        if not (options["forward_tcp"] or options["forward_udp"]):
+            raise ConfigError(
+                f"--forward-proxy-protocol {proxy} needs --forward-tcp or --forward-udp "
+                "(the header goes to a backend)"
+            )
+        if proxy == "v1" and options["forward_udp"]:
+            raise ConfigError(
+                "--forward-proxy-protocol v1 cannot describe UDP (--forward-udp): use v2"
+            )
+    metrics, health = options["metrics_port"], options["health_port"]
+    if metrics is not None and health is not None and abs(metrics - health) < workers:
+        raise ConfigError(
+            f"--health-port {health} overlaps --metrics-port {metrics}"
+            + (f" (ports P..P+{workers - 1} with {workers} workers)" if workers > 1 else "")
+            + ": /healthz and /readyz are served on the metrics port already"
+        )
+
+
 def settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[ServerSettings, bool]:
     """ServerSettings from the options; the bool says if the development PKI is used."""
+    check_combinations(options)
     if (options["cert"] is None) != (options["key"] is None):
         raise TLSDError("--cert and --key (cert and key) go together: give both or neither")
     ca = options["ca"]
@@ -82,14 +115,18 @@ def settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serve
         psk_file=options["psk_file"],
         keylog_file=options["keylog_file"],
         session_tickets=options["session_tickets"],
+        ticket_key_rotation=options["ticket_key_rotation"],
+        reload_interval=options["reload_interval"],
         handshake_timeout=options["handshake_timeout"],
         idle_timeout=options["idle_timeout"],
+        max_connection_lifetime=options["max_connection_lifetime"],
         max_connections=options["max_connections"],
         per_source_rate=options["per_source_rate"],
         per_source_burst=options["per_source_burst"],
         per_source_connections=options["per_source_connections"],
         per_source_exempt=tuple(options["per_source_exempt"]),
         drain_timeout=options["drain_timeout"],
+        drain_delay=options["drain_delay"],
         mtu=options["mtu"],
         max_peers=options["max_peers"],
         cookie_secret_file=options["cookie_secret_file"],
@@ -127,10 +164,13 @@ class Handlers(TypedDict, total=False):
 def handlers_from(options: dict[str, Any]) -> Handlers:
     """Forwarding handlers where a backend is configured; echo (the default) elsewhere."""
     handlers: Handlers = {}
+    proxy = (
+        None if options["forward_proxy_protocol"] == "off" else options["forward_proxy_protocol"]
+    )
     if options["forward_tcp"]:
         target = parse_target(options["forward_tcp"])
-        handlers["tls_handler"] = forward_tcp(target.host, target.port)
+        handlers["tls_handler"] = forward_tcp(target.host, target.port, proxy_protocol=proxy)
     if options["forward_udp"]:
         target = parse_target(options["forward_udp"])
-        handlers["dtls_handler"] = forward_udp(target.host, target.port)
+        handlers["dtls_handler"] = forward_udp(target.host, target.port, proxy_protocol=proxy)
     return handlers

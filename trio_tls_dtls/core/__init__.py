@@ -10,11 +10,15 @@ What lives here
   cookie gate (:mod:`.cookie_gate`) that decides, per datagram, what an
   endpoint does with it, and the bounded peer table (:mod:`.peer_table`).
 * Policy as data: settings (:mod:`.settings`), contexts built once and then
-  shared read-only (:mod:`.contexts`), per-source limits
+  shared read-only (:mod:`.contexts`), the front contexts that keep
+  session-ticket keys across reloads and rotate them (:mod:`.ticket_keys`,
+  choosing by the ticket a ClientHello offers, :mod:`.client_hello`),
+  per-source limits
   (:mod:`.source_limits`), the PROXY protocol parser
-  (:mod:`.proxy_protocol`), PEM loading, OCSP checks, errors, PeerInfo,
-  pre-shared keys (:mod:`.psk`) and client identity rules and CRLs
-  (:mod:`.client_identity`).
+  (:mod:`.proxy_protocol`) and builder (:mod:`.proxy_header_builder`, with
+  the TLS facts as TLVs in :mod:`.proxy_tlvs`), PEM loading, OCSP checks,
+  errors, PeerInfo, pre-shared keys (:mod:`.psk`) and client identity rules
+  and CRLs (:mod:`.client_identity`).
 * The OpenSSL calls pyOpenSSL does not expose, in two modules only:
   :mod:`._ossl` (plain calls) and :mod:`._ossl_callbacks` (PSK, strict ALPN
   and the identity-checking verify callback).

@@ -16,7 +16,9 @@ the same fields as ``record.conn`` (a dict) for the JSON log format. Change
 neither the names nor their order; new fields are only ever added at the end.
 
 Reasons (:data:`CloseReason`): ``peer_closed`` (the peer's close_notify),
-``handler_done`` (our handler returned first), ``idle_timeout``,
+``handler_done`` (our handler returned first), ``idle_timeout`` (no
+application data either way for ``idle_timeout``), ``lifetime`` (open for
+``max_connection_lifetime``),
 ``handshake_timeout``, ``handshake_failed`` (with ``handshake_error``),
 ``broken`` (the transport failed or the peer vanished without
 close_notify), ``drained`` (a graceful shutdown), ``proxy_untrusted`` (a
@@ -55,6 +57,7 @@ CloseReason = Literal[
     "peer_closed",
     "handler_done",
     "idle_timeout",
+    "lifetime",
     "handshake_timeout",
     "handshake_failed",
     "broken",

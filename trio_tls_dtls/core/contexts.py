@@ -34,8 +34,12 @@ from .settings import (
 
 __all__ = [
     "DTLS1_2_VERSION",
+    "CertificateSwitch",
+    "Certificates",
     "KeyLog",
+    "build_certificates",
     "build_client_context",
+    "build_front_context",
     "build_server_context",
     "client_context",
 ]
@@ -172,6 +176,7 @@ def _server_context_for(
     keylog: KeyLog | None,
     files: _ServerFiles,
 ) -> SSL.Context:
+    # cert=None: no certificate (PSK only, or a front context: see ticket_keys.py).
     ctx = _new_context(dtls, settings.min_version, settings.max_version)
     ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
     if files.psk_table is not None:
@@ -235,21 +240,77 @@ def _name_matches(pattern: str, name: str) -> bool:
     return pattern == name
 
 
-class _SNISelector:
-    """Switches a connection to the context whose certificate names the server."""
+@dataclass(frozen=True)
+class Certificates:
+    """The certificate contexts one reading of a server's files makes.
 
-    def __init__(self, choices: list[tuple[tuple[str, ...], SSL.Context]]) -> None:
-        self._choices = choices
+    *default* serves a client whose server name (SNI) matches none of
+    *by_name*, or that sent none; *files* is what they were built with.
+    """
+
+    default: SSL.Context
+    by_name: tuple[tuple[tuple[str, ...], SSL.Context], ...]
+    files: _ServerFiles
+
+    def for_name(self, raw: bytes | None) -> SSL.Context:
+        if raw is not None:
+            name = raw.decode("ascii", "replace").lower().rstrip(".")
+            for patterns, ctx in self.by_name:
+                if any(_name_matches(p, name) for p in patterns):
+                    return ctx
+        return self.default
+
+
+class CertificateSwitch:
+    """A servername callback: moves each connection to the context for its server name.
+
+    OpenSSL calls it for every ClientHello, SNI or not. A connection moved
+    with ``SSL_set_SSL_CTX`` takes that context's certificate, OCSP staple,
+    CA store and callbacks, and keeps the session-ticket keys (and the
+    callbacks OpenSSL copied when it was made) of the context it was made
+    from. :attr:`certificates` is replaced whole by a reload: one attribute
+    store, which a handshake in another thread reads before or after.
+    """
+
+    def __init__(self, certificates: Certificates) -> None:
+        self.certificates = certificates
 
     def __call__(self, conn: SSL.Connection) -> None:
-        raw = conn.get_servername()
-        if raw is None:
-            return
-        name = raw.decode("ascii", "replace").lower().rstrip(".")
-        for patterns, ctx in self._choices:
-            if any(_name_matches(p, name) for p in patterns):
-                conn.set_context(ctx)
-                return
+        ctx = self.certificates.for_name(conn.get_servername())
+        if ctx is not conn.get_context():
+            conn.set_context(ctx)
+
+
+def build_certificates(
+    settings: ServerSettings, *, dtls: bool = False, keylog: KeyLog | None = None
+) -> Certificates:
+    """Read the files of *settings* into certificate contexts; ConfigError names a bad one."""
+    files = _ServerFiles.load(settings)
+    default = _server_context_for(settings, settings.certificate, dtls, keylog, files)
+    by_name = tuple(
+        (sni.server_names, _server_context_for(settings, sni, dtls, keylog, files))
+        for sni in settings.sni_certificates
+    )
+    return Certificates(default, by_name, files)
+
+
+def build_front_context(
+    settings: ServerSettings,
+    switch: CertificateSwitch,
+    *,
+    dtls: bool = False,
+    keylog: KeyLog | None = None,
+) -> SSL.Context:
+    """A context with every setting but a certificate, which *switch* supplies per connection.
+
+    What OpenSSL copies into a connection when it is made (options,
+    verification mode and callback, PSK callbacks) comes from here; the
+    certificate, and what else is read from files, from the switch's contexts.
+    """
+    files = switch.certificates.files
+    ctx = _server_context_for(settings, None, dtls, keylog, files)
+    ctx.set_tlsext_servername_callback(switch)
+    return ctx
 
 
 def build_server_context(settings: ServerSettings, *, dtls: bool = False) -> SSL.Context:
@@ -257,16 +318,11 @@ def build_server_context(settings: ServerSettings, *, dtls: bool = False) -> SSL
 
     Raises ConfigError naming the file or setting at fault.
     """
-    files = _ServerFiles.load(settings)
     keylog = KeyLog(settings.keylog_file) if settings.keylog_file else None
-    default = _server_context_for(settings, settings.certificate, dtls, keylog, files)
-    if settings.sni_certificates:
-        choices = [
-            (sni.server_names, _server_context_for(settings, sni, dtls, keylog, files))
-            for sni in settings.sni_certificates
-        ]
-        default.set_tlsext_servername_callback(_SNISelector(choices))
-    return default
+    certificates = build_certificates(settings, dtls=dtls, keylog=keylog)
+    if certificates.by_name:
+        certificates.default.set_tlsext_servername_callback(CertificateSwitch(certificates))
+    return certificates.default
 
 
 def build_client_context(settings: ClientSettings, *, dtls: bool = False) -> SSL.Context:

@@ -16,9 +16,15 @@ Two formats, told apart by their first byte:
   ``UNKNOWN`` when the balancer does not know; the rest of that line is
   ignored).
 * v2, binary: a 12-byte signature, version and command, address family and
-  transport, a 16-bit length, the addresses, then optional TLVs (which we
-  skip after checking their framing). ``LOCAL`` (the balancer's own health
-  check) and the ``UNSPEC`` family carry no client address.
+  transport, a 16-bit length, the addresses, then optional TLVs (checked for
+  framing and handed back raw in :attr:`ProxyHeader.tlvs`;
+  :mod:`.proxy_tlvs` reads the TLS ones). ``LOCAL`` (the balancer's own
+  health check) and the ``UNSPEC`` family carry no client address.
+
+A TCP listener (the TLS server) accepts the TCP families only. A UDP
+receiver, such as a backend that gets our forwarded DTLS datagrams with a
+header on each (:mod:`.proxy_header_builder`), asks for the UDP ones with
+``ProxyHeaderParser(datagram=True)``.
 
 When there is no client address (:attr:`ProxyHeader.source` is ``None``) the
 caller keeps the socket's own peer address, as the spec requires.
@@ -45,7 +51,9 @@ __all__ = [
     "ProxyHeader",
     "ProxyHeaderError",
     "ProxyHeaderParser",
+    "ProxyTLV",
     "parse_proxy_header",
+    "split_tlvs",
 ]
 
 V1_PREFIX = b"PROXY "
@@ -64,15 +72,21 @@ cap keeps what one unauthenticated connection can make us buffer small.
 """
 
 _V2_COMMANDS = {0x0: "LOCAL", 0x1: "PROXY"}
-# (family, protocol) byte -> (name, address block size) for what we accept.
-_V2_INET_STREAM, _V2_INET6_STREAM, _V2_UNSPEC = 0x11, 0x21, 0x00
-_V2_ADDRESS_SIZES = {_V2_INET_STREAM: 12, _V2_INET6_STREAM: 36}
-_V2_REFUSED_FAMILIES = {
-    0x12: "UDP over IPv4 (this is a TCP listener)",
-    0x22: "UDP over IPv6 (this is a TCP listener)",
-    0x31: "a UNIX stream socket (no client IP address to use)",
-    0x32: "a UNIX datagram socket (this is a TCP listener)",
+# (family, protocol) byte -> address block size, for the IP families.
+_V2_UNSPEC = 0x00
+_V2_STREAM_SIZES = {0x11: 12, 0x21: 36}  # TCP over IPv4, IPv6
+_V2_DATAGRAM_SIZES = {0x12: 12, 0x22: 36}  # UDP over IPv4, IPv6
+_V2_FAMILY_NAMES = {
+    0x11: "TCP over IPv4",
+    0x21: "TCP over IPv6",
+    0x12: "UDP over IPv4",
+    0x22: "UDP over IPv6",
+    0x31: "a UNIX stream socket",
+    0x32: "a UNIX datagram socket",
 }
+
+ProxyTLV = tuple[int, bytes]
+"""One v2 TLV: its type byte and its value."""
 
 
 class ProxyHeaderError(TLSDError, ValueError):
@@ -88,6 +102,8 @@ class ProxyHeader:
     header carries no addresses (v1 ``UNKNOWN``, v2 ``LOCAL`` or ``UNSPEC``):
     the connection is then the balancer's own, and the socket's peer address
     is the one to use. ``length`` is how many bytes the header took.
+    ``tlvs`` are a v2 header's TLVs after its addresses, in order, raw (see
+    :mod:`.proxy_tlvs`); ``datagram`` says it describes UDP, not TCP.
     """
 
     version: Literal[1, 2]
@@ -95,6 +111,8 @@ class ProxyHeader:
     source: Address | None
     destination: Address | None
     length: int
+    tlvs: tuple[ProxyTLV, ...] = ()
+    datagram: bool = False
 
 
 class ProxyHeaderParser:
@@ -105,12 +123,17 @@ class ProxyHeaderParser:
     incomplete), or returns ``(header, leftover)`` where *leftover* is what
     followed the header in the bytes fed (the start of the TLS stream).
     After a result or an error, the parser must not be fed again.
+
+    With *datagram* the header must describe UDP (the v2 UDP families; v1
+    has none): for a receiver of datagrams, each carrying its own header.
+    Without it, TCP (a stream listener).
     """
 
-    def __init__(self, *, max_length: int = MAX_HEADER_LENGTH) -> None:
+    def __init__(self, *, max_length: int = MAX_HEADER_LENGTH, datagram: bool = False) -> None:
         if max_length < V1_MAX_LENGTH:
             raise ValueError(f"max_length must be at least {V1_MAX_LENGTH}, not {max_length}")
         self.max_length = max_length
+        self.datagram = datagram
         self._buffer = bytearray()
         self._done = False
 
@@ -133,9 +156,11 @@ class ProxyHeaderParser:
         if not buffer:
             return None
         if buffer[0] == V1_PREFIX[0]:
+            if self.datagram:
+                raise ProxyHeaderError("a PROXY v1 header cannot describe UDP: v2 is needed")
             return _parse_v1(buffer)
         if buffer[0] == V2_SIGNATURE[0]:
-            return _parse_v2(buffer, self.max_length)
+            return _parse_v2(buffer, self.max_length, self.datagram)
         raise ProxyHeaderError(
             f"not a PROXY protocol header: it starts with byte 0x{buffer[0]:02x}"
             + (" (a TLS record: the sender does not speak PROXY)" if buffer[0] == 0x16 else "")
@@ -143,10 +168,13 @@ class ProxyHeaderParser:
 
 
 def parse_proxy_header(
-    data: bytes | bytearray | memoryview, *, max_length: int = MAX_HEADER_LENGTH
+    data: bytes | bytearray | memoryview,
+    *,
+    max_length: int = MAX_HEADER_LENGTH,
+    datagram: bool = False,
 ) -> tuple[ProxyHeader, bytes] | None:
     """One-shot :class:`ProxyHeaderParser`: the header and leftover, or None if incomplete."""
-    return ProxyHeaderParser(max_length=max_length).feed(data)
+    return ProxyHeaderParser(max_length=max_length, datagram=datagram).feed(data)
 
 
 # -- version 1 ----------------------------------------------------------------
@@ -225,7 +253,7 @@ def _v1_port(text: str, which: str) -> int:
 # -- version 2 ----------------------------------------------------------------
 
 
-def _parse_v2(buffer: bytes, max_length: int) -> tuple[ProxyHeader, bytes] | None:
+def _parse_v2(buffer: bytes, max_length: int, datagram: bool) -> tuple[ProxyHeader, bytes] | None:
     head = buffer[: len(V2_SIGNATURE)]
     if head != V2_SIGNATURE[: len(head)]:
         raise ProxyHeaderError("not a PROXY v2 header: wrong signature")
@@ -251,48 +279,66 @@ def _parse_v2(buffer: bytes, max_length: int) -> tuple[ProxyHeader, bytes] | Non
     if command == "LOCAL":
         # The balancer's own connection (a health check): the spec says to
         # discard the whole block, family included, and keep the real peer.
-        return ProxyHeader(2, "LOCAL", None, None, total), leftover
-    source, destination = _v2_addresses(family_protocol, block)
-    return ProxyHeader(2, "PROXY", source, destination, total), leftover
+        return ProxyHeader(2, "LOCAL", None, None, total, datagram=datagram), leftover
+    source, destination, tlvs = _v2_addresses(family_protocol, block, datagram)
+    header = ProxyHeader(2, "PROXY", source, destination, total, tlvs, datagram)
+    return header, leftover
 
 
-def _v2_addresses(family_protocol: int, block: bytes) -> tuple[Address | None, Address | None]:
+def _v2_addresses(
+    family_protocol: int, block: bytes, datagram: bool
+) -> tuple[Address | None, Address | None, tuple[ProxyTLV, ...]]:
     if family_protocol == _V2_UNSPEC:
-        return None, None  # no addresses: keep the socket's, ignore the block
-    refused = _V2_REFUSED_FAMILIES.get(family_protocol)
-    if refused is not None:
-        raise ProxyHeaderError(f"PROXY v2 header is for {refused}")
-    size = _V2_ADDRESS_SIZES.get(family_protocol)
+        return None, None, ()  # no addresses: keep the socket's, ignore the block
+    sizes = _V2_DATAGRAM_SIZES if datagram else _V2_STREAM_SIZES
+    size = sizes.get(family_protocol)
     if size is None:
-        raise ProxyHeaderError(
-            f"PROXY v2 family/protocol byte 0x{family_protocol:02x} is not one the spec defines"
+        name = _V2_FAMILY_NAMES.get(family_protocol)
+        if name is None:
+            raise ProxyHeaderError(
+                f"PROXY v2 family/protocol byte 0x{family_protocol:02x} is not one the spec defines"
+            )
+        expected = (
+            "UDP over IP: this receives datagrams"
+            if datagram
+            else "TCP over IP: this is a TCP listener"
         )
+        raise ProxyHeaderError(f"PROXY v2 header is for {name}, not {expected}")
     if len(block) < size:
         raise ProxyHeaderError(
             f"PROXY v2 address block is {len(block)} bytes, "
             f"too short for {'IPv4' if size == 12 else 'IPv6'} ({size})"
         )
-    _check_tlvs(block[size:])
+    tlvs = split_tlvs(block[size:])
     half = (size - 4) // 2
     src_ip, dst_ip = block[:half], block[half : 2 * half]
     src_port, dst_port = struct.unpack_from("!HH", block, 2 * half)
     return (
         (str(ipaddress.ip_address(src_ip)), src_port),
         (str(ipaddress.ip_address(dst_ip)), dst_port),
+        tlvs,
     )
 
 
-def _check_tlvs(tlvs: bytes) -> None:
-    """Check that the TLVs after the addresses are well framed; their contents are ignored."""
+def split_tlvs(data: bytes, where: str = "PROXY v2 TLV") -> tuple[ProxyTLV, ...]:
+    """The ``(type, value)`` pairs framed in *data*; ProxyHeaderError if the framing is broken.
+
+    A TLV is one type byte, a 16-bit big-endian length, then that many
+    bytes. The SSL TLV nests more of them (its sub-TLVs), framed the same
+    way: *where* names which list is broken.
+    """
+    tlvs = []
     offset = 0
-    while offset < len(tlvs):
-        if len(tlvs) - offset < 3:
+    while offset < len(data):
+        if len(data) - offset < 3:
             raise ProxyHeaderError(
-                f"PROXY v2 TLV at offset {offset} is truncated: {len(tlvs) - offset} of 3 bytes"
+                f"{where} at offset {offset} is truncated: {len(data) - offset} of 3 bytes"
             )
-        kind, size = tlvs[offset], int.from_bytes(tlvs[offset + 1 : offset + 3], "big")
-        offset += 3 + size
-        if offset > len(tlvs):
+        kind, size = data[offset], int.from_bytes(data[offset + 1 : offset + 3], "big")
+        start, offset = offset + 3, offset + 3 + size
+        if offset > len(data):
             raise ProxyHeaderError(
-                f"PROXY v2 TLV of type 0x{kind:02x} claims {size} bytes, more than the header holds"
+                f"{where} of type 0x{kind:02x} claims {size} bytes, more than the header holds"
             )
+        tlvs.append((kind, bytes(data[start:offset])))
+    return tuple(tlvs)

@@ -92,6 +92,14 @@ def _positive(value: float, name: str) -> float:
     return float(value)
 
 
+def _non_negative(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be 0 or a positive number of seconds, not {value!r}")
+    return float(value)
+
+
 def _optional_positive(value: float | None, name: str) -> float | None:
     return None if value is None else _positive(value, name)
 
@@ -281,6 +289,12 @@ class ServerSettings:
     session_tickets: bool = True
     """Resume sessions (tickets and the session cache). Always off with pre-shared
     keys: a resumed session would not say which PSK identity it was made with."""
+    ticket_key_rotation: float = 86400.0
+    """Seconds between new session-ticket keys (the previous key still opens
+    tickets until the next rotation); 0 = never. See core/ticket_keys.py."""
+    reload_interval: float = 10.0
+    """Seconds between looks at the files a reload reads (certificates, keys,
+    CA, CRL, PSK, OCSP), to reload when they change; 0 = only on SIGHUP."""
     keylog_file: Path | None = None
     # Pre-shared keys, TLS 1.2/1.3 and DTLS 1.2 (see core/psk.py, docs/howto/psk.rst).
     psk_file: Path | None = None
@@ -302,9 +316,15 @@ class ServerSettings:
     )
     handshake_timeout: float = 10.0
     idle_timeout: float | None = 300.0
+    """Close a connection or DTLS peer after this long without application data either way."""
+    max_connection_lifetime: float | None = None
+    """Close a connection or DTLS peer this long after it began, busy or not (None: never)."""
     max_connections: int = 1024
     drain_timeout: float = 10.0
     """On shutdown, how long handlers get to finish after close_notify."""
+    drain_delay: float = 0.0
+    """On a stop request, how long to go on accepting (while /readyz says not
+    ready, so that load balancers stop sending) before the drain starts."""
     per_source_rate: float = 50.0
     """New handshakes per second one source may start (TLS connections, DTLS
     peers after their cookie); 0 = no limit. A source is an IPv4 address or
@@ -364,8 +384,14 @@ class ServerSettings:
         _set(self, "keylog_file", _optional_path(self.keylog_file, "keylog_file"))
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
         _set(self, "idle_timeout", _optional_positive(self.idle_timeout, "idle_timeout"))
+        lifetime = _optional_positive(self.max_connection_lifetime, "max_connection_lifetime")
+        _set(self, "max_connection_lifetime", lifetime)
         _count(self.max_connections, "max_connections")
         _set(self, "drain_timeout", _positive(self.drain_timeout, "drain_timeout"))
+        _set(self, "drain_delay", _non_negative(self.drain_delay, "drain_delay"))
+        rotation = _non_negative(self.ticket_key_rotation, "ticket_key_rotation")
+        _set(self, "ticket_key_rotation", rotation)
+        _set(self, "reload_interval", _non_negative(self.reload_interval, "reload_interval"))
         _set(self, "per_source_rate", _rate(self.per_source_rate, "per_source_rate"))
         _count(self.per_source_burst, "per_source_burst")
         _count(self.per_source_connections, "per_source_connections", minimum=0)

@@ -3,23 +3,24 @@
 Both servers run every connection (TLS) or peer (DTLS) through the same life,
 in one task, :meth:`Lifecycle.run`::
 
-    open (admit) -> handshake (deadline) -> handler (idle deadline)
+    open (admit) -> handshake (deadline) -> handler (idle deadline, lifetime)
          -> left -> close (bounded) -> close record to the sink -> ended
 
 What differs between the two is passed in, and small: a :class:`Transport`
 (the name, ``TLS`` or ``DTLS``, for log lines and the record; the server's
-logger, so lines keep their logger's name; the bound on closing) and the
-server's hooks. *open* admits and builds the stream or channel: a TLS server
-reads the client's address, an optional PROXY header and the per-source
-limits there; a DTLS peer was admitted by the cookie gate before its task
-began, so its *open* only makes the channel. *left* runs as soon as the
-reason is known, with no checkpoint since: the connection leaves the tables
-new work finds it in (the drain's list; the DTLS peer table, so that the
-next datagram from its address meets the gate as a stranger's). *ended* runs
-once the record is out: a TLS server decrements the open count there, so
-whoever waits for it to fall finds the close already counted. How to cut
-one short (cancel its scope; stop a DTLS peer, which also closes its link)
-is passed to :meth:`Lifecycle.say_goodbye`.
+logger, so lines keep their logger's name; the bound on closing; how long a
+drain waits after its close_notify) and the server's hooks. *open* admits
+and builds the stream or channel: a TLS server reads the client's address,
+an optional PROXY header and the per-source limits there; a DTLS peer was
+admitted by the cookie gate before its task began, so its *open* only makes
+the channel. *left* runs as soon as the reason is known, with no
+checkpoint since: the connection leaves the tables new work finds it in (the
+drain's list; the DTLS peer table, so that the next datagram from its
+address meets the gate as a stranger's). *ended* runs once the record is
+out: a TLS server decrements the open count there, so whoever waits for it
+to fall finds the close already counted. How to cut one short (cancel its
+scope; stop a DTLS peer, which also closes its link) is passed to
+:meth:`Lifecycle.say_goodbye` and :meth:`Lifecycle.drain`.
 
 Why each one ended (a :data:`~trio_tls_dtls.core.close_record.CloseReason`)
 is decided here, in one place:
@@ -28,7 +29,8 @@ is decided here, in one place:
   ``handshake_timeout``;
 * the handler returned: ``drained`` during a drain, else ``peer_closed`` if
   the peer's close_notify came, else ``handler_done``;
-* the connection's own scope was cancelled: ``idle_timeout`` if its idle
+* the connection's own scope was cancelled: ``lifetime`` if it has been
+  open for ``max_connection_lifetime``, ``idle_timeout`` if its idle
   deadline has passed, else it was cut: ``drained`` during a drain, else
   ``removed`` (a DTLS peer replaced or evicted). The deadline, not a flag,
   tells them apart: a drain may cut one whose handshake ends just before
@@ -43,11 +45,33 @@ access line (the ``serve_tls``/``serve_dtls`` default); the service passes
 its access log, which does the same for both servers. Either way a close is
 counted once.
 
+Idleness is measured in application data: the stream or channel touches
+the idle deadline when a receive returns (data, or the peer's close_notify)
+or a send completes, never for raw bytes. A peer trickling the bytes of a
+record that never completes, or sending DTLS records that fail
+authentication, is idle. So are records that carry no data: TLS 1.3
+KeyUpdate and other post-handshake messages, TLS 1.2 renegotiation
+attempts, empty records. Each is a complete record, but counting them would
+let a peer hold its slot with them for ever. The optional
+``max_connection_lifetime`` caps the same deadline: from admission, busy or
+not. Either way the connection ends like any other cut: the handler is
+cancelled and ``aclose`` sends close_notify.
+
+A drain says goodbye (close_notify) to each connection, then waits for it to
+end. A TLS connection gets until its handler ends, bounded by the service's
+drain timeout: TCP delivers the close_notify, and a peer that is gone makes
+the connection fail. A DTLS peer that has our close_notify owes us nothing,
+and one that vanished (killed, unplugged) will never answer: it gets
+``Transport.goodbye_grace`` (a second) to answer with its own close_notify
+or finish what it was sending, our close_notify again halfway through (UDP
+may have lost the first; a peer that had it drops the copy as a replay),
+and is then cut. So a drain is never held by a DTLS peer that is gone.
+
 Memory: an idle connection is parked in this task, so all it holds is
 per-connection memory (benchmarks/conn_memory.py measures it). The whole
 life is one coroutine frame (the handler's are below it): :meth:`run` is the
-task itself, admission is a call that returns, and the idle deadline moves
-the connection's own cancel scope, never a second scope.
+task itself, admission is a call that returns, and the idle deadline and the
+lifetime move the connection's own cancel scope, never a second scope.
 
 Failures stay in the task: handshake errors, a broken transport and the
 handler's exceptions are caught, counted and logged here; only cancellation
@@ -99,6 +123,9 @@ class Transport:
     """The server's logger: its lines keep their logger's name."""
     close_timeout: float
     """The bound on closing, and on each close_notify a drain sends."""
+    goodbye_grace: float | None = None
+    """How long a drain waits for one after its close_notify before cutting it
+    (DTLS); None: until its handler ends (TLS; the service bounds the drain)."""
 
 
 class Conversation(Protocol):
@@ -172,8 +199,10 @@ class Lifecycle(Generic[T, C]):
         self.noun = transport.noun
         self.logger = transport.logger
         self.close_timeout = transport.close_timeout
+        self.goodbye_grace = transport.goodbye_grace
         self.handshake_timeout = settings.handshake_timeout
         self.idle_timeout = settings.idle_timeout
+        self.max_lifetime = settings.max_connection_lifetime
         self.handler = handler
         self.stats = stats
         self.on_close: CloseSink = (
@@ -199,18 +228,22 @@ class Lifecycle(Generic[T, C]):
             info: PeerInfo | None = None
             reason: CloseReason = "cancelled"  # unless decided below: a hard stop
             error: str | None = None
+            if self.max_lifetime is not None:
+                scope.deadline = started + self.max_lifetime
             try:
                 with scope:
                     info, reason, error = await self._handshake(conn, address)
                     if info is not None:
                         if self.idle_timeout is not None:
                             # The connection's own scope carries the idle
-                            # deadline: no second scope per connection.
-                            conn.on_activity = IdleDeadline(scope, self.idle_timeout).touch
+                            # deadline, capped by the lifetime it already
+                            # has: no second scope per connection.
+                            idle = IdleDeadline(scope, self.idle_timeout, scope.deadline)
+                            conn.on_activity = idle.touch
                         await self.handler(conn, info)
                         reason = self._why_handler_returned(conn)
                 if scope.cancelled_caught:
-                    reason = self._why_cut(scope, info)
+                    reason = self._why_cut(scope, address, started)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 reason = "broken"
                 self.logger.info(
@@ -288,19 +321,21 @@ class Lifecycle(Generic[T, C]):
             return "drained"
         return "peer_closed" if conn.peer_closed else "handler_done"
 
-    def _why_cut(self, scope: trio.CancelScope, info: PeerInfo | None) -> CloseReason:
-        """Why the connection's own scope was cancelled: its idle deadline, or a cut."""
-        if info is not None and trio.current_time() >= scope.deadline:
+    def _why_cut(self, scope: trio.CancelScope, address: Address, started: float) -> CloseReason:
+        """Why the connection's own scope was cancelled: lifetime, idle deadline, or a cut."""
+        now = trio.current_time()
+        if now < scope.deadline:
+            return "drained" if self.draining else "removed"
+        reason: CloseReason
+        if self.max_lifetime is not None and now >= started + self.max_lifetime:
+            reason, what = "lifetime", f"open for its maximum lifetime of {self.max_lifetime:g}s"
+        else:  # the only other deadline it carries
             self.stats.idle_timeouts += 1
-            self.logger.info(
-                "%s %s %s idle for %gs: closed",
-                self.transport,
-                self.noun,
-                format_address(info.address),
-                self.idle_timeout,
-            )
-            return "idle_timeout"
-        return "drained" if self.draining else "removed"
+            reason, what = "idle_timeout", f"idle for {self.idle_timeout:g}s"
+        self.logger.info(
+            "%s %s %s %s: closed", self.transport, self.noun, format_address(address), what
+        )
+        return reason
 
     def emit(self, record: CloseRecord) -> None:
         """Hand *record* to the sink. A failing sink is logged, never raised into the task."""
@@ -335,12 +370,33 @@ class Lifecycle(Generic[T, C]):
         """Say goodbye to each of *open_now* (a conversation and how to cut it short),
         then wait until *still_open* says none is left.
 
-        Bound it with ``trio.move_on_after``: a peer may never answer.
+        With a ``goodbye_grace`` (DTLS), what is left after it is cut (see the
+        module docstring). Bound it with ``trio.move_on_after``: a TLS peer
+        may never answer.
         """
         self.draining = True
+        goodbyes = list(open_now)
+        await self._say_goodbyes(goodbyes)
+        if self.goodbye_grace is not None:
+            half = self.goodbye_grace / 2
+            with trio.move_on_after(half):
+                await self._until_none_open(still_open)
+            if still_open():
+                with trio.move_on_after(half):
+                    # Our close_notify again, in case UDP lost it. One that
+                    # has ended meanwhile is cut instead: a no-op.
+                    await self._say_goodbyes(goodbyes)
+                    await self._until_none_open(still_open)
+            for _, cut in goodbyes:
+                cut()
+        await self._until_none_open(still_open)
+
+    async def _say_goodbyes(self, goodbyes: list[tuple[C | None, Callable[[], object]]]) -> None:
         async with trio.open_nursery() as nursery:
-            for conn, cut in open_now:
+            for conn, cut in goodbyes:
                 nursery.start_soon(self.say_goodbye, conn, cut)
+
+    async def _until_none_open(self, still_open: Callable[[], int]) -> None:
         while still_open():
             await self._one_ended.wait()
             self._one_ended = trio.Event()

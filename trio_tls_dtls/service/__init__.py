@@ -14,10 +14,12 @@ What lives here
 * Workers (:mod:`.workers`): processes sharing one port with SO_REUSEPORT,
   one set of ticket keys and one cookie secret; each runs
   :func:`~.serving_process.serve_process`.
-* Handlers (echo in the drivers; :mod:`.forward` for TCP/UDP backends),
-  metrics (:mod:`.metrics`), the access log (:mod:`.access_log`: the sink
-  both servers send their close records to; it counts each once and writes
-  the access line), the log formats, privilege dropping.
+* Handlers (echo in the drivers; :mod:`.forward` for TCP/UDP backends,
+  optionally told the client by a PROXY header), metrics (:mod:`.metrics`),
+  health and readiness (:mod:`.health`; both over the small HTTP server of
+  :mod:`.http_endpoint`), the access log (:mod:`.access_log`: the sink both
+  servers send their close records to; it counts each once and writes the
+  access line), the log formats, privilege dropping.
 
 What may be imported
 --------------------
@@ -27,6 +29,8 @@ Invariants kept here
 --------------------
 * A drain is bounded: new connections stop, every open one gets
   close_notify, and whatever is left when the drain timeout passes is cut.
+  Before it, a stop makes the service not ready at once (``/readyz``) and
+  may keep accepting for ``drain_delay`` seconds.
 * A reload never costs availability: a bad certificate file keeps the old
   contexts and says why; established connections keep theirs.
 """

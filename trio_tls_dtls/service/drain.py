@@ -1,6 +1,14 @@
 """The bounded drain of a :class:`~trio_tls_dtls.service.service.Service`, driven by signals.
 
-A drain, in order:
+A stop, in order:
+
+0. not ready: ``/readyz`` fails at once (:meth:`Service.begin_stopping
+   <trio_tls_dtls.service.service.Service.begin_stopping>`), while the
+   listeners go on accepting for ``settings.drain_delay`` seconds (default
+   0), the time a load balancer takes to notice and send new clients
+   elsewhere;
+
+then the drain:
 
 1. stop accepting: the TLS listeners close, the DTLS endpoint admits no new
    peer (:meth:`Service.drain <trio_tls_dtls.service.service.Service.drain>`);
@@ -13,10 +21,13 @@ A drain, in order:
 :func:`serve_until_stopped` runs the service in a nursery and hands each
 SIGINT, SIGTERM and SIGHUP to a :class:`GracefulStop`, which turns requests
 into these steps by the rule of :mod:`trio_tls_dtls.service.signals`: the
-first stop request starts the drain in the background, a second one cancels
-the nursery at once, a reload request re-reads the certificates. A task
-that watches for another reason to stop (started from the *on_serving*
-hook) calls :meth:`GracefulStop.stop` and is held to the same rule.
+first stop request starts the delay and the drain in the background, a
+second one (during either) cancels the nursery at once, a reload request
+re-reads the certificates. A task that watches for another reason to stop
+(started from the *on_serving* hook) calls :meth:`GracefulStop.stop` and is
+held to the same rule; one that watches for a reason to reload (changed
+certificate files, see :mod:`trio_tls_dtls.service.upkeep`) calls
+:meth:`GracefulStop.reload`.
 
 What "still open" waits for is the drivers' business (``TLSServer.drain``,
 ``DTLSServer.drain``): how long a DTLS peer that has had our close_notify is
@@ -108,6 +119,11 @@ class GracefulStop:
         """Act on *signum* by :data:`~trio_tls_dtls.service.signals.SIGNAL_MEANINGS`."""
         self._act(self.requests.on_signal(signum), signal.Signals(signum).name)
 
+    def reload(self, cause: str) -> None:
+        """A reload request from *cause* (say, changed files), named in the log: as SIGHUP."""
+        self._log.info("%s: reloading", cause)
+        self._act(Request.RELOAD, cause)
+
     def stop(self, cause: str) -> None:
         """A stop request from *cause* (named in the log line): drain, or stop now if draining."""
         self._act(self.requests.stop_requested(), cause)
@@ -116,19 +132,36 @@ class GracefulStop:
         if request is Request.RELOAD:
             self.service.reload()
         elif request is Request.DRAIN:
-            self._log.info(
-                "%s received: draining %d open (up to %gs; again to stop now)",
-                cause,
-                self.service.open_count(),
-                self.service.settings.drain_timeout,
-            )
-            self.nursery.start_soon(self._drain_then_cut)
+            self.service.begin_stopping(f"stopping: {cause} received")
+            delay = self.service.settings.drain_delay
+            if delay > 0:
+                self._log.info(
+                    "%s received: not ready; accepting for %gs more, then draining "
+                    "(again to stop now)",
+                    cause,
+                    delay,
+                )
+            else:
+                self._log_drain(f"{cause} received")
+            self.nursery.start_soon(self._drain_then_cut, delay)
         elif request is Request.STOP_NOW:
             self._log.warning("%s received again: stopping now", cause)
             self.still_open = self.service.open_count()
             self.nursery.cancel_scope.cancel()
 
-    async def _drain_then_cut(self) -> None:
-        # A second request cancels this mid-drain; it has counted at its own cut.
+    def _log_drain(self, why: str) -> None:
+        self._log.info(
+            "%s: draining %d open (up to %gs; again to stop now)",
+            why,
+            self.service.open_count(),
+            self.service.settings.drain_timeout,
+        )
+
+    async def _drain_then_cut(self, delay: float) -> None:
+        # A second request cancels this in the delay or mid-drain; it has
+        # counted at its own cut.
+        if delay > 0:
+            await trio.sleep(delay)
+            self._log_drain("drain delay over")
         self.still_open = await bounded_drain(self.service)
         self.nursery.cancel_scope.cancel()

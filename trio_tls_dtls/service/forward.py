@@ -12,6 +12,16 @@ backend (and the backend may still answer), the backend's FIN becomes our
 close_notify. A backend that is down, refuses, or resets ends the client's
 connection cleanly (the server sends close_notify when a handler returns)
 and logs why; it never leaves the client hanging.
+
+The backend's peer is us. With ``proxy_protocol="v1"`` or ``"v2"`` it is
+told who the client was: a PROXY protocol header
+(:mod:`trio_tls_dtls.core.proxy_header_builder`) goes to a TCP backend
+before any byte of the client's, and (v2 only: v1 cannot say UDP) in front
+of every datagram to a UDP backend, the form BIND 9 and other DNS servers
+accept. A v2 header also carries the TLS facts (version, cipher, the client
+certificate's CN, SNI, ALPN) as the spec's TLVs. The header is built once
+per connection or peer, after the handshake; its destination is the address
+the client reached us at (for DTLS on a wildcard socket, the wildcard).
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ import socket as _stdsocket
 import trio
 
 from ..core.errors import DatagramTooLargeError
-from ..core.peer_info import PeerInfo, format_address
+from ..core.peer_info import Address, PeerInfo, format_address
+from ..core.proxy_header_builder import ProxyVersion, header_for_peer
 from ..drivers.dtls.channel import DTLSChannel
 from ..drivers.dtls.server import DTLSHandler
 from ..drivers.tls.server import TLSHandler
@@ -55,18 +66,56 @@ def _check_backend(host: str, port: int) -> None:
         raise ValueError(f"backend port must be 1-65535, not {port!r}")
 
 
-def forward_tcp(host: str, port: int, *, connect_timeout: float = 5.0) -> TLSHandler:
+def _check_proxy_version(version: ProxyVersion | None, *, datagram: bool) -> None:
+    if version not in (None, "v1", "v2"):
+        raise ValueError(f"proxy_protocol must be None, 'v1' or 'v2', not {version!r}")
+    if datagram and version == "v1":
+        raise ValueError("proxy_protocol='v1' cannot describe UDP: use 'v2' for forward_udp")
+
+
+def _proxy_header(
+    version: ProxyVersion, peer: PeerInfo, local: Address | None, *, datagram: bool
+) -> bytes:
+    # Our servers end a handshake whose client certificate fails to verify
+    # (verify_client optional or required), so a certificate here verified.
+    verified = peer.certificate is not None
+    return header_for_peer(version, peer, local, datagram=datagram, verified=verified)
+
+
+def _local_address(stream: TLSStream) -> Address | None:
+    """The address the client reached us at (a TCP socket knows it, wildcard or not)."""
+    transport = stream.transport_stream
+    if not isinstance(transport, trio.SocketStream):
+        return None
+    try:
+        sockaddr = transport.socket.getsockname()
+    except OSError:
+        return None
+    return (str(sockaddr[0]), int(sockaddr[1]))
+
+
+def forward_tcp(
+    host: str,
+    port: int,
+    *,
+    connect_timeout: float = 5.0,
+    proxy_protocol: ProxyVersion | None = None,
+) -> TLSHandler:
     """A TLS handler that forwards each connection's plaintext to TCP *host*:*port*.
 
     The backend connection is opened after the handshake; if it is refused
     or takes longer than *connect_timeout* seconds, the handler logs why and
     returns (the client gets close_notify). Once one direction has ended,
     the other is cut if it stays silent for ``CLOSE_GRACE`` seconds.
-    Raises :class:`ValueError` for a bad *host*, *port* or *connect_timeout*.
+    With *proxy_protocol* (``"v1"`` or ``"v2"``) the backend gets a PROXY
+    header naming the client before anything else.
+    Raises :class:`ValueError` for a bad *host*, *port*, *connect_timeout*
+    or *proxy_protocol*.
     """
     _check_backend(host, port)
     if not connect_timeout > 0 or math.isinf(connect_timeout):
         raise ValueError(f"connect_timeout must be a positive number, not {connect_timeout!r}")
+    _check_proxy_version(proxy_protocol, datagram=False)
     backend_name = _where(host, port)
 
     async def forward_tls_to_tcp(stream: TLSStream, peer: PeerInfo) -> None:
@@ -80,10 +129,18 @@ def forward_tcp(host: str, port: int, *, connect_timeout: float = 5.0) -> TLSHan
                 "forward %s -> %s: backend unreachable (%s): closing", client, backend_name, reason
             )
             return
-        async with backend, trio.open_nursery() as nursery:
-            relay = _Relay(nursery.cancel_scope, client)
-            nursery.start_soon(_tls_to_tcp, stream, backend, relay)
-            nursery.start_soon(_tcp_to_tls, backend, stream, relay)
+        async with backend:
+            if proxy_protocol is not None:
+                header = _proxy_header(proxy_protocol, peer, _local_address(stream), datagram=False)
+                try:  # before any byte of the client's: the backend reads it first
+                    await backend.send_all(header)
+                except _GONE as exc:
+                    logger.info("forward %s: ended abruptly (%s)", client, exc)
+                    return
+            async with trio.open_nursery() as nursery:
+                relay = _Relay(nursery.cancel_scope, client)
+                nursery.start_soon(_tls_to_tcp, stream, backend, relay)
+                nursery.start_soon(_tcp_to_tls, backend, stream, relay)
 
     forward_tls_to_tcp.__qualname__ = f"forward_tcp({backend_name})"
     return forward_tls_to_tcp
@@ -159,15 +216,19 @@ async def _tcp_to_tls(backend: trio.SocketStream, stream: TLSStream, relay: _Rel
     relay.one_direction_done()
 
 
-def forward_udp(host: str, port: int) -> DTLSHandler:
+def forward_udp(host: str, port: int, *, proxy_protocol: ProxyVersion | None = None) -> DTLSHandler:
     """A DTLS handler that relays each peer's datagrams to UDP *host*:*port*.
 
     Each peer gets its own connected UDP socket, so the backend sees one
     source port per peer. A backend reply too large for one DTLS record is
     dropped (logged at debug level); an ICMP "port unreachable" ends the peer.
-    Raises :class:`ValueError` for a bad *host* or *port*.
+    With ``proxy_protocol="v2"`` every datagram to the backend starts with a
+    PROXY v2 header naming the peer (replies need none).
+    Raises :class:`ValueError` for a bad *host* or *port*, or for
+    ``proxy_protocol="v1"`` (v1 cannot describe UDP).
     """
     _check_backend(host, port)
+    _check_proxy_version(proxy_protocol, datagram=True)
     backend_name = _where(host, port)
 
     async def forward_dtls_to_udp(channel: DTLSChannel, peer: PeerInfo) -> None:
@@ -196,8 +257,11 @@ def forward_udp(host: str, port: int) -> DTLSHandler:
                 )
                 return
             route = f"{client} -> {backend_name}"
+            prefix = b""
+            if proxy_protocol is not None:
+                prefix = _proxy_header(proxy_protocol, peer, channel.local_address, datagram=True)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_dtls_to_udp, channel, sock, nursery.cancel_scope, route)
+                nursery.start_soon(_dtls_to_udp, channel, sock, nursery.cancel_scope, route, prefix)
                 nursery.start_soon(_udp_to_dtls, sock, channel, nursery.cancel_scope, route)
 
     forward_dtls_to_udp.__qualname__ = f"forward_udp({backend_name})"
@@ -205,11 +269,16 @@ def forward_udp(host: str, port: int) -> DTLSHandler:
 
 
 async def _dtls_to_udp(
-    channel: DTLSChannel, sock: trio.socket.SocketType, scope: trio.CancelScope, client: str
+    channel: DTLSChannel,
+    sock: trio.socket.SocketType,
+    scope: trio.CancelScope,
+    client: str,
+    prefix: bytes,
 ) -> None:
     try:
         async for message in channel:
-            await sock.send(message)
+            # One datagram in, one out: the header (if any) shares it.
+            await sock.send(prefix + message if prefix else message)
     except _GONE as exc:
         logger.info("forward %s: ended abruptly (%s)", client, exc)
     except OSError as exc:

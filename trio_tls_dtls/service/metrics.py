@@ -8,16 +8,15 @@ gets its own ``CollectorRegistry`` (never the global one), so two services
 in one process do not mix.
 
 :func:`serve_metrics` answers ``GET /metrics`` over plain HTTP from the same
-Trio loop as the service (``trio-tlsd serve --metrics-port P``). It listens
-on 127.0.0.1 unless told otherwise: metrics say a lot about who connects.
-docs/reference/metrics.rst lists every metric.
+Trio loop as the service (``trio-tlsd serve --metrics-port P``), and the
+health and readiness probes ``/healthz`` and ``/readyz`` beside it
+(:mod:`.health`). It listens on 127.0.0.1 unless told otherwise: metrics say
+a lot about who connects. docs/reference/metrics.rst lists every metric.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
-from functools import partial
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,15 +29,19 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..core.latency_histogram import LatencyHistogram
-from ..drivers.listeners import open_tcp_listeners
+from .health import health_routes
+from .http_endpoint import MAX_REQUEST, REQUEST_TIMEOUT, Request, Response, serve_http
 from .service import Service
 
-__all__ = ["ServiceCollector", "metrics_registry", "serve_metrics"]
+__all__ = [
+    "MAX_REQUEST",
+    "REQUEST_TIMEOUT",
+    "ServiceCollector",
+    "metrics_registry",
+    "serve_metrics",
+]
 
 PREFIX = "trio_tlsd_"
-# An HTTP request we answer is one short line and a few headers.
-MAX_REQUEST = 8192
-REQUEST_TIMEOUT = 5.0
 
 
 class ServiceCollector(Collector):
@@ -99,7 +102,9 @@ class ServiceCollector(Collector):
             value=offload.busy_threads,
         )
         reloads = CounterMetricFamily(
-            PREFIX + "reloads", "Certificate reloads (SIGHUP), by outcome", labels=["outcome"]
+            PREFIX + "reloads",
+            "Certificate reloads (SIGHUP, changed files), by outcome",
+            labels=["outcome"],
         )
         reloads.add_metric(["ok"], service.reloads)
         reloads.add_metric(["failed"], service.reloads_failed)
@@ -198,52 +203,14 @@ async def serve_metrics(
     host: str = "127.0.0.1",
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer ``GET /metrics`` on *host*:*port* until cancelled.
+    """Answer ``/metrics``, ``/healthz`` and ``/readyz`` on *host*:*port* until cancelled.
 
     ``await nursery.start(serve_metrics, service, 0)`` returns the port.
     """
     registry = metrics_registry(service)
-    listeners = await open_tcp_listeners(port, host)
-    bound = int(listeners[0].socket.getsockname()[1])
-    async with trio.open_nursery() as nursery:
-        await nursery.start(partial(trio.serve_listeners, partial(_answer, registry), listeners))
-        task_status.started(bound)
 
+    def metrics(request: Request) -> Response:
+        return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
-async def _answer(registry: CollectorRegistry, stream: trio.SocketStream) -> None:
-    async with stream:
-        try:
-            request = await _read_request(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The client reset the connection. A handler's exception would end
-            # serve_listeners and with it the whole service: nobody to answer.
-            return
-        line = request.split(b"\r\n", 1)[0].split()
-        if len(line) < 2 or line[0] != b"GET":
-            await _reply(stream, b"405 Method Not Allowed", b"text/plain", b"GET only\n")
-        elif line[1].split(b"?", 1)[0] != b"/metrics":
-            await _reply(stream, b"404 Not Found", b"text/plain", b"try /metrics\n")
-        else:
-            body = generate_latest(registry)
-            await _reply(stream, b"200 OK", CONTENT_TYPE_LATEST.encode(), body)
-
-
-async def _read_request(stream: trio.SocketStream) -> bytes:
-    """Up to the blank line, MAX_REQUEST bytes or REQUEST_TIMEOUT, whichever comes first."""
-    request = b""
-    with trio.move_on_after(REQUEST_TIMEOUT):
-        while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST:
-            chunk = await stream.receive_some(MAX_REQUEST)
-            if not chunk:
-                break
-            request += chunk
-    return request
-
-
-async def _reply(stream: trio.SocketStream, status: bytes, kind: bytes, body: bytes) -> None:
-    head = b"HTTP/1.0 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-    with (
-        trio.move_on_after(REQUEST_TIMEOUT),
-        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-    ):
-        await stream.send_all(head % (status, kind, len(body)) + body)
+    routes = {"/metrics": metrics, **health_routes(service)}
+    await serve_http(routes, port, host=host, task_status=task_status)

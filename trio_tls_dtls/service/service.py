@@ -19,11 +19,11 @@ from typing import NoReturn
 import trio
 from OpenSSL import SSL
 
-from ..core.contexts import build_server_context
 from ..core.dtls_cookie import CookieSecrets
 from ..core.errors import ConfigError, ListenError, TLSDError
 from ..core.peer_info import Address, format_address
 from ..core.settings import ServerSettings
+from ..core.ticket_keys import ServerContexts
 from ..drivers.dtls.server import DTLSHandler, DTLSServer, dtls_echo_handler
 from ..drivers.listeners import normalize_address, open_tcp_listeners, open_udp_sockets
 from ..drivers.offload import CryptoOffload
@@ -31,6 +31,7 @@ from ..drivers.tls.server import TLSHandler, TLSServer, echo_handler
 from . import sd_notify
 from .access_log import AccessLog
 from .cpu_quota import usable_cpus
+from .file_watch import FileWatch, watched_files
 
 __all__ = ["Service", "serve"]
 
@@ -52,14 +53,16 @@ class Service:
         dtls: bool = True,
         tls_handler: TLSHandler = echo_handler,
         dtls_handler: DTLSHandler = dtls_echo_handler,
-        tls_context: SSL.Context | None = None,
-        dtls_context: SSL.Context | None = None,
+        tls_context: SSL.Context | ServerContexts | None = None,
+        dtls_context: SSL.Context | ServerContexts | None = None,
         offload: CryptoOffload | None = None,
         cookies: CookieSecrets | None = None,
     ) -> None:
         if not (tls or dtls):
             raise ConfigError("nothing to serve: enable TLS, DTLS or both")
         self.settings = settings
+        # The files as they were before they were read: what upkeep compares with.
+        self.files = FileWatch(watched_files(settings))
         self.offload = (
             offload
             if offload is not None
@@ -96,7 +99,13 @@ class Service:
         self.dtls_addresses: list[Address] = []
         self.reloads = 0
         self.reloads_failed = 0
+        self.ticket_key_rotations = 0
         self._reuse_port = False
+        self.serving = False
+        """True while :meth:`run` serves (listeners started), False before and after."""
+        self.stopping: str | None = None
+        """Why the service is stopping, from the first stop request on (see
+        :meth:`begin_stopping`); None until then. /readyz reports it."""
 
     @property
     def port(self) -> int:
@@ -180,35 +189,69 @@ class Service:
                 await nursery.start(self.tls.serve, self._listeners)
             if self.dtls is not None:
                 await nursery.start(self.dtls.serve, self._sockets)
-            task_status.started(self)
-            nursery.start_soon(sd_notify.announce, self)  # systemd: READY=1, then STATUS=
-            await trio.sleep_forever()
+            self.serving = True
+            try:
+                task_status.started(self)
+                nursery.start_soon(sd_notify.announce, self)  # systemd: READY=1, then STATUS=
+                await trio.sleep_forever()
+            finally:
+                self.serving = False
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def begin_stopping(self, why: str) -> None:
+        """Say the service is on its way out: it still serves, but is no longer ready.
+
+        Called at the first stop request, before any drain delay, so that
+        ``/readyz`` fails at once (:mod:`trio_tls_dtls.service.health`). The
+        first reason given is kept.
+        """
+        if self.stopping is None:
+            self.stopping = why
+
+    def _contexts(self) -> list[ServerContexts]:
+        return [server.contexts for server in (self.tls, self.dtls) if server is not None]
 
     def reload(self) -> bool:
         """Re-read certificates and keys from disk for new handshakes.
 
-        Established connections and peers keep the session they have. If a
-        file is missing or bad, the old certificates stay in use, the reason
-        is logged, and this returns False.
+        Established connections and peers keep the session they have, and
+        the session-ticket keys stay: a session from before the reload
+        resumes after it. If a file is missing or bad, the old certificates
+        stay in use, the reason is logged, and this returns False.
         """
         with sd_notify.reloading():  # systemd: RELOADING=1, then READY=1
             return self._reload_contexts()
 
     def _reload_contexts(self) -> bool:
+        self.files.changed()  # what is read now is what the next look compares with
         try:
-            tls = build_server_context(self.settings) if self.tls is not None else None
-            dtls = build_server_context(self.settings, dtls=True) if self.dtls is not None else None
+            # Both protocols' files are read before either changes.
+            commits = [contexts.prepare_reload() for contexts in self._contexts()]
         except TLSDError as exc:
             self.reloads_failed += 1
             logger.error("reload failed, keeping the old certificates: %s", exc)
             return False
-        if self.tls is not None and tls is not None:
-            self.tls.context = tls
-        if self.dtls is not None and dtls is not None:
-            self.dtls.context = dtls
+        for commit in commits:
+            commit()
         self.reloads += 1
         logger.info("reloaded certificates and keys from disk")
+        return True
+
+    def rotate_ticket_keys(self) -> bool:
+        """New session-ticket keys; tickets sealed with the ones in use resume until the next.
+
+        False if nothing rotated (tickets off, or contexts given as they
+        are) or if it failed (logged; the keys in use stay).
+        """
+        try:
+            rotated = [contexts.rotate() for contexts in self._contexts()]
+        except TLSDError as exc:
+            logger.error("session-ticket key rotation failed, keeping the keys in use: %s", exc)
+            return False
+        if not any(rotated):
+            return False
+        self.ticket_key_rotations += 1
+        logger.info("rotated the session-ticket keys (the previous ones still open tickets)")
         return True
 
     async def drain(self) -> None:
@@ -218,6 +261,7 @@ class Service:
         :meth:`open_count` then says how many were still open, and
         cancelling :meth:`run` cuts them.
         """
+        self.begin_stopping("draining")
         sd_notify.stopping(self.open_count())  # systemd: STOPPING=1
         async with trio.open_nursery() as nursery:
             if self.tls is not None:

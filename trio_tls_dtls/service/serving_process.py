@@ -15,6 +15,10 @@ every worker runs it, with its index. In order:
    or ``WHO: stopped at once by a second signal: ...``, and return the exit
    status (:mod:`trio_tls_dtls.service.signals`).
 
+A single process also runs :func:`~trio_tls_dtls.service.upkeep.upkeep`
+beside the service: a reload when the certificate files change, new
+session-ticket keys on schedule. Workers leave both to their supervisor.
+
 A worker differs from a single process only in binding with SO_REUSEPORT and
 in its name on the status lines (``trio-tlsd: worker K (pid P)``).
 """
@@ -32,6 +36,7 @@ import trio
 from .drain import GracefulStop, serve_until_stopped
 from .log_format import status_line
 from .service import Service
+from .upkeep import upkeep
 
 __all__ = ["ProcessHooks", "Serving", "announce_serving", "process_name", "serve_process"]
 
@@ -105,6 +110,8 @@ async def serve_process(
     await service.bind(port, host, reuse_port=worker is not None, after_bind=hooks.after_bind)
 
     async def on_serving(stop: GracefulStop) -> None:
+        if worker is None:  # with workers, the supervisor watches and rotates for all of them
+            stop.nursery.start_soon(upkeep, stop)
         await hooks.on_serving(Serving(stop, worker))
 
     stop = await serve_until_stopped(service, on_serving=on_serving, log=hooks.log)

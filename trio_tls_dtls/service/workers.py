@@ -22,11 +22,18 @@ The parent:
   exit status is 1. The parent reads signals by the same table and
   drain-then-stop rule as the workers (:mod:`trio_tls_dtls.service.signals`),
   with ``sigtimedwait`` instead of Trio;
-* on SIGHUP calls *prepare* again (new certificates, new ticket keys, the
-  same cookie secret if it comes from a file), starts a new generation of
-  workers from it and drains the old one. If *prepare* fails (a bad file),
-  the running workers are kept and the reason is logged. A SIGHUP while
-  stopping is ignored: a new generation would only be stopped in turn.
+* on SIGHUP calls *prepare* again (new certificates, the same
+  session-ticket keys, the cookie secret read again if it comes from a
+  file), starts a new generation of workers from it and drains the old one.
+  If *prepare* fails (a bad file), the running workers are kept and the
+  reason is logged. A SIGHUP while stopping is ignored: a new generation
+  would only be stopped in turn;
+* does the same when *reload_due* says so: :func:`shared_state_factory`'s
+  says so when the certificate files changed (looked at every
+  ``reload_interval``) and when the session-ticket keys are due to rotate
+  (every ``ticket_key_rotation``). Both happen here, not in the workers, so
+  that every worker keeps one set of keys; a new generation is how a worker
+  gets new ones.
 
 Each worker runs :func:`~trio_tls_dtls.service.serving_process.serve_process`,
 exactly as a single process does, in a process group of its own (so that
@@ -50,13 +57,10 @@ from functools import partial
 from typing import Generic, TypeVar, cast
 
 import trio
-from OpenSSL import SSL
 
-from ..core.contexts import build_server_context
-from ..core.dtls_cookie import CookieSecrets
 from ..core.errors import ConfigError, TLSDError
 from ..core.settings import ServerSettings
-from ..drivers.dtls.server import DTLSHandler, cookie_secrets_for, dtls_echo_handler
+from ..drivers.dtls.server import DTLSHandler, dtls_echo_handler
 from ..drivers.offload import CryptoOffload
 from ..drivers.tls.server import TLSHandler, echo_handler
 from .cpu_quota import usable_cpus
@@ -64,6 +68,7 @@ from .log_format import status_line
 from .sd_notify import Notifier, process_notifier
 from .service import Service
 from .serving_process import ProcessHooks, serve_process
+from .shared_state import SharedState, SharedStateSource, shared_state_factory
 from .signals import HANDLED_SIGNALS, Request, StopRequests
 from .supervisor_notify import WAITING_POLL, NotifyRelay
 
@@ -114,12 +119,15 @@ class Supervisor(Generic[P]):
 
     *prepare* runs in the parent (at start and on SIGHUP) and returns the
     state every worker inherits; *run_worker(index, state)* runs in each
-    forked child and returns its exit status.
+    forked child and returns its exit status. *reload_due(now)*, if given,
+    is asked about twice a second (*now* is ``time.monotonic()``): a reason
+    in words rolls the workers as SIGHUP does.
     """
 
     count: int
     prepare: Callable[[], P]
     run_worker: Callable[[int, P], int]
+    reload_due: Callable[[float], str | None] | None = None
     max_restarts: int = 10
     restart_window: float = 60.0
     restart_backoff: float = 0.1
@@ -194,6 +202,10 @@ class Supervisor(Generic[P]):
                 self._restart_due(old_mask)
             if info is not None:
                 self._on_signal(info.si_signo, stops, old_mask)
+            due = self.reload_due
+            if due is not None and not stops.draining and (why := due(time.monotonic())):
+                logger.info("%s: reloading", why)
+                self._reload(old_mask)
         return stops.exit_status(failed=failed)
 
     def _on_signal(self, signum: int, stops: StopRequests, old_mask: _Mask) -> None:
@@ -337,47 +349,7 @@ def _describe_status(code: int) -> str:
     return f"exit status {code}"
 
 
-# -- what the workers share, and a library entry point ---------------------------
-
-
-@dataclass(frozen=True)
-class SharedState:
-    """What every worker inherits from the parent: one set of keys for all.
-
-    The contexts carry the session-ticket keys OpenSSL made when they were
-    created; *cookies* is the DTLS cookie secret.
-    """
-
-    tls: SSL.Context | None
-    dtls: SSL.Context | None
-    cookies: CookieSecrets | None
-
-
-def shared_state_factory(
-    settings: ServerSettings, *, tls: bool = True, dtls: bool = True
-) -> Callable[[], SharedState]:
-    """A *prepare* function for :class:`Supervisor`, to run in the parent.
-
-    Each call builds new contexts (so new ticket keys) from the files in
-    *settings*. The cookie secret is read from ``settings.cookie_secret_file``
-    on each call when one is set; otherwise one random secret is made now,
-    once, and every call (every reload) returns that same secret.
-    """
-    random_cookies = None
-    if dtls and settings.cookie_secret_file is None:
-        random_cookies = cookie_secrets_for(settings)
-
-    def prepare() -> SharedState:
-        cookies = random_cookies
-        if dtls and settings.cookie_secret_file is not None:
-            cookies = cookie_secrets_for(settings)
-        return SharedState(
-            tls=build_server_context(settings) if tls else None,
-            dtls=build_server_context(settings, dtls=True) if dtls else None,
-            cookies=cookies,
-        )
-
-    return prepare
+# -- a library entry point -------------------------------------------------------
 
 
 def worker_offload(settings: ServerSettings, workers: int) -> CryptoOffload:
@@ -433,10 +405,12 @@ def serve_workers(
         )
         return trio.run(partial(serve_process, service, port, host, worker=index, hooks=hooks))
 
+    source = SharedStateSource(settings, tls=tls, dtls=dtls)
     supervisor = Supervisor(
         count,
-        shared_state_factory(settings, tls=tls, dtls=dtls),
+        source,
         run_worker,
+        reload_due=source.reload_due,
         max_restarts=max_restarts,
         restart_window=restart_window,
     )

@@ -62,7 +62,10 @@ class DTLSChannel(trio.abc.Channel[bytes]):
     ) -> None:
         self.peer_address = peer_address
         self.on_activity = on_activity
-        """Called whenever a datagram moves (the server's idle timer uses it)."""
+        """Called when application data moves: a ``receive`` returns (a datagram,
+        or the end after the peer's close_notify) or a ``send`` completes. The
+        server's idle deadline uses it; datagrams that carry no data (handshake
+        retransmissions, records that fail authentication) never call it."""
         self._link = link
         self._engine = engine
         self._guard = EngineGuard(engine, offload)
@@ -73,6 +76,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         self._closed = False
         self._broken: str | None = None
         self._handshake_lock = trio.Lock()
+        self._goodbye: list[bytes] | None = None  # our close_notify, to send again
         self._send_conflict = ConflictDetector("another task is already sending on this channel")
         self._receive_conflict = ConflictDetector(
             "another task is already receiving on this channel"
@@ -96,6 +100,15 @@ class DTLSChannel(trio.abc.Channel[bytes]):
     @property
     def handshake_done(self) -> bool:
         return self._handshake_done
+
+    @property
+    def local_address(self) -> Address | None:
+        """Our end of the association: the UDP socket's (host, port), or None if closed.
+
+        On a server bound to a wildcard address this is the wildcard
+        (``0.0.0.0`` or ``::``) with the port.
+        """
+        return self._link.local_address
 
     @property
     def peer_closed(self) -> bool:
@@ -142,7 +155,6 @@ class DTLSChannel(trio.abc.Channel[bytes]):
             if send_nowait is None or not send_nowait(datagram):
                 await link.send(datagram)
             self.datagrams_sent += 1
-        self._activity()
 
     async def _next_datagram(self, deadline: float) -> bytes | None:
         """The next datagram from the peer, or None if *deadline* passed first."""
@@ -166,7 +178,6 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         except (trio.ClosedResourceError, OSError) as exc:
             raise trio.BrokenResourceError(f"datagram link failed: {exc}") from exc
         self.datagrams_received += 1
-        self._activity()
         return datagram
 
     def _timer_deadline(self) -> float:
@@ -252,6 +263,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
                     raise trio.ClosedResourceError("this DTLS channel was closed") from exc
                 raise trio.BrokenResourceError(f"datagram send failed: {exc}") from exc
             self.bytes_sent += len(value)
+            self._activity()
             # A server's link sends without yielding when the kernel takes the
             # datagram at once; a send is still a schedule point.
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -266,6 +278,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
             yielded = False
             while not self._inbox:
                 if self._engine.peer_closed:
+                    self._activity()
                     raise trio.EndOfChannel
                 yielded = True
                 await self._receive_more()
@@ -273,6 +286,7 @@ class DTLSChannel(trio.abc.Channel[bytes]):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             message = self._inbox.pop(0)
             self.bytes_received += len(message)
+            self._activity()
             return message
 
     async def _receive_more(self) -> None:
@@ -318,13 +332,23 @@ class DTLSChannel(trio.abc.Channel[bytes]):
 
         The peer learns we are done; ``receive`` keeps returning what it
         still sends until its own close_notify (``trio.EndOfChannel``).
+        Called again, it sends the same datagram again: UDP may have lost
+        it, and a peer that had it drops the copy (DTLS replay protection).
         """
         with self._send_conflict:
             self._check_usable()
             if not self._handshake_done:
                 raise trio.BrokenResourceError("no DTLS session to close yet")
-            await self._guard.inline(self._engine.close)
-            await self._flush_best_effort()
+            if self._goodbye is None:
+                await self._guard.inline(self._engine.close)
+                self._goodbye = await self._guard.inline(self._engine.datagrams_to_send)
+            with (
+                trio.move_on_after(1.0),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+            ):
+                for datagram in self._goodbye:
+                    await self._link.send(datagram)
+                    self.datagrams_sent += 1
 
     async def aclose(self) -> None:
         """Send close_notify (best effort: it is one datagram) and release the link."""

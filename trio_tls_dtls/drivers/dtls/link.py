@@ -36,6 +36,21 @@ class DatagramLink(Protocol):
 
     def close(self) -> None: ...
 
+    @property
+    def local_address(self) -> Address | None:
+        """Our end: the UDP socket's address (None if it cannot be read)."""
+        ...
+
+
+def _socket_address(sock: trio.socket.SocketType | _stdsocket.socket) -> Address | None:
+    # A wildcard-bound server socket reports 0.0.0.0 or ::, not the address a
+    # datagram was sent to: that would need IP_PKTINFO on every datagram.
+    try:
+        sockaddr = sock.getsockname()
+    except OSError:  # closed
+        return None
+    return (str(sockaddr[0]), int(sockaddr[1]))
+
 
 class SocketSender:
     """Serialises sends on one UDP socket shared by many peers.
@@ -127,6 +142,11 @@ class PeerLink:
         self._queue.clear()
         self._lot.unpark_all()
 
+    @property
+    def local_address(self) -> Address | None:
+        """The shared server socket's address."""
+        return _socket_address(self._sender.socket)
+
 
 class SocketLink:
     """A client's own UDP socket, connected to the server.
@@ -158,3 +178,7 @@ class SocketLink:
         if not self._closed:
             self._closed = True
             self.socket.close()
+
+    @property
+    def local_address(self) -> Address | None:
+        return _socket_address(self.socket)

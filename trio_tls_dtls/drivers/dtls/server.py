@@ -34,7 +34,6 @@ import trio
 from OpenSSL import SSL
 
 from ...core.close_record import CloseSink
-from ...core.contexts import build_server_context
 from ...core.cookie_gate import Admit, Deliver, Drop, Reply, decide
 from ...core.dtls_cookie import CookieSecrets
 from ...core.engine import DTLSEngine
@@ -44,6 +43,7 @@ from ...core.peer_info import Address, PeerInfo, format_address
 from ...core.peer_table import PeerTable
 from ...core.settings import ServerSettings
 from ...core.source_limits import Refusal, SourceLimits
+from ...core.ticket_keys import ServerContexts
 from ..lifecycle import Lifecycle, Opened, Transport
 from ..listeners import normalize_address, open_udp_sockets
 from ..offload import CryptoOffload
@@ -59,8 +59,12 @@ DTLSHandler = Callable[[DTLSChannel, PeerInfo], Awaitable[object]]
 
 # How long a peer may take to say goodbye (one close_notify datagram).
 CLOSE_TIMEOUT = 1.0
+# In a drain, how long a peer that has our close_notify gets to answer (or
+# finish) before it is cut: it owes us nothing, and one that is gone never
+# answers (see drivers/lifecycle.py).
+GOODBYE_GRACE = 1.0
 
-_TRANSPORT = Transport("DTLS", "peer", logger, CLOSE_TIMEOUT)
+_TRANSPORT = Transport("DTLS", "peer", logger, CLOSE_TIMEOUT, goodbye_grace=GOODBYE_GRACE)
 
 # Linux reports ICMP errors for earlier sends on unconnected UDP sockets as
 # receive errors; they say nothing about this endpoint.
@@ -110,15 +114,32 @@ class _Peer:
         self.channel: DTLSChannel | None = None
 
     def stop(self) -> None:
+        """Cut it short and close its link: it sends nothing more, not even close_notify.
+
+        For a peer replaced by a new handshake from its address (that
+        address belongs to the new association now), and for the end of a
+        drain's grace (our close_notify has gone out).
+        """
         self.scope.cancel()
         self.link.close()
+
+    def evict(self) -> None:
+        """Cut it short; its close_notify still goes out as it closes.
+
+        It has left the table, so no datagram reaches its queue any more; its
+        own close closes the link after saying goodbye.
+        """
+        self.scope.cancel()
 
 
 class DTLSServer:
     """Serves DTLS on UDP sockets it is given; see :func:`serve_dtls`.
 
-    *cookies* overrides the secrets built from *settings* (workers share
-    one); *clock* is the wall clock the cookie epochs follow. *on_close*
+    *context* is a Context to use as it is, or the
+    :class:`~trio_tls_dtls.core.ticket_keys.ServerContexts` to make peers
+    from (default: built from *settings*). *cookies* overrides the secrets
+    built from *settings* (workers share one); *clock* is the wall clock the
+    cookie epochs follow. *on_close*
     gets each peer's close record, as for
     :class:`~trio_tls_dtls.drivers.tls.server.TLSServer` (by default it is
     counted into :attr:`stats` and logged as the access line).
@@ -129,7 +150,7 @@ class DTLSServer:
         handler: DTLSHandler,
         settings: ServerSettings,
         *,
-        context: SSL.Context | None = None,
+        context: SSL.Context | ServerContexts | None = None,
         offload: CryptoOffload | None = None,
         cookies: CookieSecrets | None = None,
         clock: Callable[[], float] = time.time,
@@ -137,7 +158,11 @@ class DTLSServer:
     ) -> None:
         self.handler = handler
         self.settings = settings
-        self.context = context if context is not None else build_server_context(settings, dtls=True)
+        self.contexts = (
+            context
+            if isinstance(context, ServerContexts)
+            else ServerContexts(settings, dtls=True, context=context)
+        )
         self.offload = offload if offload is not None else CryptoOffload(settings.offload)
         self.cookies = cookies if cookies is not None else cookie_secrets_for(settings)
         self.clock = clock
@@ -157,6 +182,15 @@ class DTLSServer:
             _TRANSPORT, settings, handler, self.stats, on_close, open=self._open, left=self._left
         )
         """Each peer's life, from its handshake to its close record."""
+
+    @property
+    def context(self) -> SSL.Context:
+        """The context new connections start from (the current ticket-key front).
+
+        Read-only, kept for code written before :attr:`contexts`: a reload or a
+        ticket-key rotation replaces what it returns.
+        """
+        return self.contexts.current
 
     @property
     def addresses(self) -> list[Address]:
@@ -188,10 +222,13 @@ class DTLSServer:
     async def drain(self) -> None:
         """Admit no new peers, send close_notify to every peer, wait for handlers.
 
-        Returns once every peer task has ended (a peer ends when it answers
-        with its own close_notify, or its handler returns). Bound it with
-        ``trio.move_on_after``; ``stats.peers_active`` tells how many were
-        left, and cancelling :meth:`serve` cuts them.
+        Returns once every peer task has ended: a peer ends when it answers
+        with its own close_notify or its handler returns, and a peer that
+        has neither done within ``GOODBYE_GRACE`` (a second; our close_notify
+        is sent again halfway) is cut, so a peer that has gone without a
+        word never holds the drain. Bound it with ``trio.move_on_after``
+        all the same; ``stats.peers_active`` tells how many were left, and
+        cancelling :meth:`serve` cuts them.
         """
         self.admitting = False
         await self.lifecycle.drain(
@@ -320,7 +357,8 @@ class DTLSServer:
                 self._refuse(key[1], refused)
                 return
         try:
-            engine = DTLSEngine.accept(self.context, datagram, mtu=self.settings.mtu)
+            context = self.contexts.for_datagram(datagram)  # the front with its ticket's key
+            engine = DTLSEngine.accept(context, datagram, mtu=self.settings.mtu)
         except HandshakeError as exc:
             self.stats.handshakes_failed[exc.reason] += 1
             if limits is not None:
@@ -333,12 +371,13 @@ class DTLSServer:
                 logger.info(
                     "new handshake from %s replaces its old association", format_address(key[1])
                 )
+                old.stop()
             else:
                 self.stats.peers_evicted += 1
                 logger.info(
                     "peer table full: evicting idle peer %s", format_address(old.link.address)
                 )
-            old.stop()
+                old.evict()
         self.stats.peers_total += 1
         self.stats.peers_active += 1
         nursery.start_soon(self._peer_task, key, peer, engine)

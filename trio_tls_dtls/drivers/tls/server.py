@@ -23,14 +23,15 @@ from dataclasses import dataclass, field
 import trio
 from OpenSSL import SSL
 
+from ...core.client_hello import MAX_PEEK
 from ...core.close_record import CloseRecord, CloseSink
-from ...core.contexts import build_server_context
 from ...core.engine import TLSEngine
 from ...core.latency_histogram import LatencyHistogram
 from ...core.peer_info import Address, PeerInfo, format_address
 from ...core.proxy_protocol import MAX_HEADER_LENGTH, ProxyHeaderError, ProxyHeaderParser
 from ...core.settings import ServerSettings
 from ...core.source_limits import Refusal, SourceLimits
+from ...core.ticket_keys import ServerContexts
 from ..lifecycle import Lifecycle, Opened, Transport
 from ..listeners import normalize_address, open_tcp_listeners
 from ..offload import CryptoOffload
@@ -83,8 +84,10 @@ class TLSServerStats:
 class TLSServer:
     """Serves TLS on listeners it is given; see :func:`serve_tls` for the usual entry.
 
-    *context* overrides the one built from *settings* (the service builds
-    contexts itself to share them across workers and to reload them).
+    *context* is a Context to use as it is, or the
+    :class:`~trio_tls_dtls.core.ticket_keys.ServerContexts` to make
+    connections from (default: built from *settings*; the service builds
+    them itself to share them across workers and to reload them).
     *on_close* gets each connection's
     :class:`~trio_tls_dtls.core.close_record.CloseRecord` when it ends; by
     default the record is counted into :attr:`stats` (``closed_by_reason``,
@@ -99,13 +102,17 @@ class TLSServer:
         handler: TLSHandler,
         settings: ServerSettings,
         *,
-        context: SSL.Context | None = None,
+        context: SSL.Context | ServerContexts | None = None,
         offload: CryptoOffload | None = None,
         on_close: CloseSink | None = None,
     ) -> None:
         self.handler = handler
         self.settings = settings
-        self.context = context if context is not None else build_server_context(settings)
+        self.contexts = (
+            context
+            if isinstance(context, ServerContexts)
+            else ServerContexts(settings, context=context)
+        )
         self.offload = offload if offload is not None else CryptoOffload(settings.offload)
         self.stats = TLSServerStats()
         self.listeners: list[trio.SocketListener] = []
@@ -129,6 +136,15 @@ class TLSServer:
             ended=self._ended,
         )
         """Each connection's life, from admission to its close record."""
+
+    @property
+    def context(self) -> SSL.Context:
+        """The context new connections start from (the current ticket-key front).
+
+        Read-only, kept for code written before :attr:`contexts`: a reload or a
+        ticket-key rotation replaces what it returns.
+        """
+        return self.contexts.current
 
     @property
     def addresses(self) -> list[Address]:
@@ -221,15 +237,68 @@ class TLSServer:
         if admitted is None:
             return None
         address, leftover = admitted
+        context, leftover = await self._front_for(transport, address, leftover)
+        if context is None:  # no whole ClientHello in time: closed, counted and logged
+            return None
         stream = TLSStream(
             transport,
-            TLSEngine.server(self.context),
+            TLSEngine.server(context),
             offload=self.offload,
             peer_address=address,
             initial_data=leftover,
         )
         scope = self._connections[stream] = trio.CancelScope()
         return stream, scope, address
+
+    async def _front_for(
+        self, transport: trio.SocketStream, address: Address, data: bytes
+    ) -> tuple[SSL.Context | None, bytes]:
+        """The context to make this connection from, and the bytes read to choose it.
+
+        After a ticket key rotation the ClientHello is read first: its
+        ticket names the key, and so the front, that opens it. A client that
+        sends no whole ClientHello within ``handshake_timeout`` is closed
+        here, as the handshake deadline would (None); EOF or a reset is left
+        to the handshake, which meets it at once.
+        """
+        contexts = self.contexts
+        context = contexts.for_tls_hello(data)
+        if context is not None:
+            return context, data
+        started = trio.current_time()
+        try:
+            with trio.move_on_after(self.settings.handshake_timeout) as deadline:
+                while context is None:
+                    more = await transport.receive_some(MAX_PEEK)
+                    if not more:
+                        break
+                    data += more
+                    context = contexts.for_tls_hello(data)
+        except trio.BrokenResourceError:
+            pass
+        except BaseException:  # cancelled: the stream that would close it does not exist yet
+            await self._close_unopened(transport, address)
+            raise
+        if deadline.cancelled_caught:
+            await self._close_unopened(transport, address)
+            self.stats.handshakes_failed["timeout"] += 1
+            logger.info(
+                "TLS handshake from %s timed out after %gs",
+                format_address(address),
+                self.settings.handshake_timeout,
+            )
+            duration = trio.current_time() - started
+            self.lifecycle.emit(
+                CloseRecord("handshake_timeout", "tls", address, None, len(data), 0, duration)
+            )
+            return None, data
+        return (context if context is not None else contexts.current), data
+
+    async def _close_unopened(self, transport: trio.SocketStream, address: Address) -> None:
+        """Close an admitted connection that never got a stream; free its per-source slot."""
+        if self.source_limits is not None:
+            self.source_limits.release(address[0])
+        await trio.aclose_forcefully(transport)
 
     def _left(self, opened: Opened[TLSStream], transport: trio.SocketStream) -> None:
         """A connection is closing: a drain no longer says goodbye to it."""

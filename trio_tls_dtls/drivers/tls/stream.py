@@ -99,7 +99,11 @@ class TLSStream(trio.abc.Stream):
         self._guard = EngineGuard(engine, offload)
         self._receive_size = receive_size
         self.on_activity = on_activity
-        """Called whenever ciphertext moves (the server's idle timer uses it)."""
+        """Called when application data moves: a ``receive_some`` returns (data, or
+        b"" after the peer's close_notify) or a ``send_all`` completes. The
+        server's idle deadline uses it. Ciphertext alone never calls it: a
+        record trickled a byte at a time, or one that carries no data
+        (KeyUpdate, session tickets), is not activity."""
         self._state = _State.OK
         self._send_broken = False
         self._handshake_done = False
@@ -206,7 +210,6 @@ class TLSStream(trio.abc.Stream):
                 self._send_broken = True
                 self._raise_send_failed(exc)
             if sent == len(data):
-                self._activity()
                 return False
             data = data[sent:]
         try:
@@ -218,7 +221,6 @@ class TLSStream(trio.abc.Stream):
             if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
                 self._raise_send_failed(exc)
             raise
-        self._activity()
         return True
 
     def _raise_send_failed(self, exc: BaseException) -> NoReturn:
@@ -262,7 +264,6 @@ class TLSStream(trio.abc.Stream):
                 if self._state is _State.OK:
                     self._state = _State.BROKEN
                 raise
-        self._activity()
         engine = self._engine
         if self._guard.busy:
             await self._guard.inline(
@@ -372,6 +373,7 @@ class TLSStream(trio.abc.Stream):
                 self._send_broken = True
                 raise
             self.bytes_sent += len(data)
+            self._activity()
             # The socket may have taken the bytes without waiting; a send is
             # still a schedule point.
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -408,6 +410,7 @@ class TLSStream(trio.abc.Stream):
             if not yielded:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             self.bytes_received += len(data)
+            self._activity()
             return data
 
     async def _receive_plaintext(self, max_bytes: int) -> tuple[bytes, bool]:
