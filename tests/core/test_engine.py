@@ -318,3 +318,36 @@ def test_rsa_certificate_is_a_fact_for_the_offload_decision(rsa_pki: PKIFiles) -
     server = TLSEngine.server(build_server_context(rsa_pki.server_settings()))
     assert server.signs_with_rsa
     assert server.signs_with_rsa  # the second answer comes from the per-context cache
+
+
+def test_release_buffers_keeps_the_connection_working(pki: PKIFiles) -> None:
+    # A memory BIO keeps the largest buffer it ever held; release_buffers
+    # replaces the empty ones. Nothing the engines hold may be lost.
+    client, server = make_pair(pki)
+    handshake(client, server)
+    assert not server.buffers_grown  # a handshake's flights are smaller than a record
+    server.release_buffers()
+    big = os.urandom(128 * 1024)
+    client.send(big)
+    transfer(client, server)
+    assert server.buffers_grown
+    # Records still wait in the input BIO: that BIO is kept, the other renewed.
+    first = server.receive(65536)
+    assert first
+    server.release_buffers()
+    assert first + read_all(server, len(big) - len(first)) == big
+    server.release_buffers()
+    server.send(big)
+    transfer(server, client)
+    assert server.buffers_grown  # the output BIO held it all at once
+    server.release_buffers()
+    assert not server.buffers_grown
+    assert read_all(client, len(big)) == big
+    client.send(b"after")
+    transfer(client, server)
+    assert server.receive(100) == b"after"
+    # The end of input survives a release: a truncation is still one.
+    server.receive_eof()
+    server.release_buffers()
+    with pytest.raises(TLSError, match="truncated"):
+        server.receive(100)

@@ -17,7 +17,11 @@ same calls go straight through the bindings pyOpenSSL is built on
   went wrong: "need more input" is a return value (False, None), not an
   exception;
 * :func:`ciphertext_waiting`, :func:`ciphertext_buffered` and
-  :func:`plaintext_buffered` ask the BIOs and OpenSSL how much they hold.
+  :func:`plaintext_buffered` ask the BIOs and OpenSSL how much they hold;
+* :func:`renew_empty_bios` gives back the memory of the BIOs: a memory BIO
+  keeps the largest buffer it ever needed (the ClientHello, the server's
+  flight, a 64 KiB read) for the life of the connection, and the bindings
+  cannot shrink one, so an empty one is replaced by a new, empty one.
 
 Everything else, every failure and the peer's close_notify included, is
 handed back to pyOpenSSL (``Connection._raise_ssl_error``), which raises
@@ -54,6 +58,7 @@ __all__ = [
     "handshake_step",
     "plaintext_buffered",
     "read",
+    "renew_empty_bios",
     "take_output",
     "write",
 ]
@@ -79,6 +84,10 @@ _SSL_write = _lib_any.SSL_write
 _SSL_do_handshake = _lib_any.SSL_do_handshake
 _SSL_get_error = _lib_any.SSL_get_error
 _SSL_pending = _lib_any.SSL_pending
+_SSL_set_bio = _lib_any.SSL_set_bio
+_BIO_new = _lib_any.BIO_new
+_BIO_s_mem = _lib_any.BIO_s_mem
+_BIO_set_mem_eof_return = _lib_any.BIO_set_mem_eof_return
 _unpack = _ffi_any.unpack
 _from_buffer = _ffi_any.from_buffer
 
@@ -136,6 +145,34 @@ def ciphertext_waiting(conn: SSL.Connection) -> int:
 def ciphertext_buffered(conn: SSL.Connection) -> int:
     """Bytes from the peer fed in but not yet read by OpenSSL."""
     return int(_BIO_get_mem_data(conn._into_ssl, _NULL))
+
+
+def renew_empty_bios(conn: SSL.Connection, *, eof: bool) -> None:
+    """Replace each memory BIO that holds nothing with a new one (OpenSSL frees the old).
+
+    *eof*: the peer's end of input was fed (the new input BIO says so too,
+    as ``Connection.bio_shutdown`` made the old one say).
+    """
+    conn_any: Any = conn
+    into, out = conn_any._into_ssl, conn_any._from_ssl
+    new_into = new_out = _NULL
+    if not _BIO_get_mem_data(into, _NULL):
+        new_into = _BIO_new(_BIO_s_mem())
+        if new_into != _NULL and eof:
+            _BIO_set_mem_eof_return(new_into, 0)
+    if not _BIO_get_mem_data(out, _NULL):
+        new_out = _BIO_new(_BIO_s_mem())
+    if new_into == _NULL and new_out == _NULL:
+        return  # nothing empty (or no memory for a new one): keep what there is
+    if new_into == _NULL:
+        new_into = into
+    if new_out == _NULL:
+        new_out = out
+    # Both changed or one changed: SSL_set_bio takes the new one(s) and
+    # frees what it replaced; the record layer follows.
+    _SSL_set_bio(conn_any._ssl, new_into, new_out)
+    conn_any._into_ssl = new_into
+    conn_any._from_ssl = new_out
 
 
 def plaintext_buffered(conn: SSL.Connection) -> int:

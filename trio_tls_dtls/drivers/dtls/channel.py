@@ -227,6 +227,8 @@ class DTLSChannel(trio.abc.Channel[bytes]):
                 if datagram is None:
                     await self._on_timer()
             await guard.inline(partial(engine.receive_datagram, datagram))
+        if not guard.busy:
+            engine.release_buffers()  # the flights' buffers, kept by the BIOs otherwise
         self._info = engine.peer_info(self.peer_address, transport="dtls")
         self._handshake_done = True
 

@@ -92,9 +92,8 @@ class TLSStream(trio.abc.Stream):
             transport_stream.socket if isinstance(transport_stream, trio.SocketStream) else None
         )
         self._engine = engine
-        # Ciphertext already read from the transport by someone else (the
-        # server, after a PROXY header): the engine takes it before anything
-        # the socket holds, and the direct-read fast path stays as it is.
+        # Ciphertext already read from the transport (after a PROXY header):
+        # the engine takes it before anything the socket holds.
         engine.receive_bytes(initial_data)
         self._guard = EngineGuard(engine, offload)
         self._receive_size = receive_size
@@ -165,8 +164,7 @@ class TLSStream(trio.abc.Stream):
     def _owes_bytes(self) -> bool:
         """True if the engine may hold bytes for the peer that we may send now.
 
-        (If a send is in progress, its flush loop takes them.) While a
-        thread holds the engine we cannot look: then it may.
+        (A send in progress takes them itself. While a thread holds the engine, it may.)
         """
         if self._send_lock.locked() or self._send_broken:
             return False
@@ -182,16 +180,15 @@ class TLSStream(trio.abc.Stream):
             guard = self._guard
             while True:
                 # Inline calls run directly unless a thread holds the engine.
-                if guard.busy:
-                    data = await guard.inline(engine.bytes_to_send)
-                else:
-                    data = engine.bytes_to_send()
+                data = (
+                    await guard.inline(engine.bytes_to_send)
+                    if guard.busy
+                    else engine.bytes_to_send()
+                )
                 if not data:
                     return
                 if not await self._transport_send(data):
-                    # Sent without yielding: no other task ran, so nothing
-                    # new can be queued, and the engine was emptied.
-                    return
+                    return  # sent without yielding: nobody queued more meanwhile
         finally:
             turn.give_back()
 
@@ -203,10 +200,7 @@ class TLSStream(trio.abc.Stream):
                 sent = os.write(fd, data)
             except BlockingIOError:  # trio's send waits for room
                 sent = 0
-            except OSError as exc:
-                # Reset, or the peer is gone (a client that closed right
-                # after its handshake, before our tickets or close_notify):
-                # what trio's send_all would find out again, more slowly.
+            except OSError as exc:  # reset, or the peer is gone: no need to ask trio again
                 self._send_broken = True
                 self._raise_send_failed(exc)
             if sent == len(data):
@@ -227,6 +221,12 @@ class TLSStream(trio.abc.Stream):
         if self._state is _State.CLOSED:
             raise trio.ClosedResourceError("this TLSStream was closed") from exc
         raise trio.BrokenResourceError(f"transport failed while sending: {exc}") from exc
+
+    def _release_grown_buffers(self) -> None:
+        """Before waiting for the peer: give back the BIO memory a large read or send left."""
+        engine = self._engine
+        if engine.buffers_grown and not self._guard.busy:
+            engine.release_buffers()
 
     async def _receive_into_engine(self, max_bytes: int | None = None) -> tuple[int, bool]:
         """Read one chunk of ciphertext into the engine: its size, and whether we yielded.
@@ -250,12 +250,14 @@ class TLSStream(trio.abc.Stream):
             except OSError:
                 break
             waited = True
+            self._release_grown_buffers()
             try:
                 await trio.lowlevel.wait_readable(sock)
             except trio.ClosedResourceError:
                 raise trio.ClosedResourceError("this TLSStream was closed") from None
         if data is None:
             waited = True
+            self._release_grown_buffers()
             try:
                 data = await self.transport_stream.receive_some(size)
             except trio.ClosedResourceError:
@@ -297,9 +299,7 @@ class TLSStream(trio.abc.Stream):
             self._check_usable()
             if not self._handshake_done:
                 await self._handshake_or_raise()
-                # Later callers see _handshake_done first; an idle
-                # connection need not keep the turn (per-connection memory).
-                self._handshake_lock = None
+                self._handshake_lock = None  # later callers see _handshake_done first
         finally:
             turn.give_back()
 
@@ -327,6 +327,8 @@ class TLSStream(trio.abc.Stream):
         # data and gone. Sending is then broken; receiving is not.
         with _suppress_transport_errors():
             await self._flush()
+        if not guard.busy:  # the BIOs would keep the ClientHello's and the flight's buffers
+            self._engine.release_buffers()
         self._info = self._engine.peer_info(self.peer_address)
         self._handshake_done = True
 
