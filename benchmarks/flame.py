@@ -150,11 +150,34 @@ def flame_svg(stacks: Stacks, title: str, width: int = 1200, row: int = 16) -> s
     )
 
 
+OPENSSL = "OpenSSL (C) + the calls into it (pyOpenSSL, core/ssl_calls.py)"
+
+
+# Innermost frames whose own samples are nearly all a socket system call
+# (the kernel's time: loopback TCP and UDP deliver to the peer in the send).
+SYSCALL_FRAMES = (
+    "TLSStream._transport_send (",  # os.write
+    "TLSStream._receive_into_engine (",  # os.read
+    "SocketSender.sendto_nowait (",  # sendto
+    "DTLSServer._receive_loop (",  # recvfrom
+    "_SocketType._nonblocking_helper (",  # trio's wrapper around one
+    "socket.accept (",
+    "socket._real_close (",
+    "EpollIOManager._epoll_wait (",
+    "EpollIOManager._update_registrations (",  # epoll_ctl
+)
+SYSCALLS = "socket and epoll system calls (kernel)"
+
+
 def area(frame: str) -> str:
-    """Which layer a frame belongs to, by its file."""
+    """Which layer a frame's own samples belong to: by its file, or a system call."""
+    if frame.startswith(SYSCALL_FRAMES):
+        return SYSCALLS
     where = frame.rsplit("(", 1)[-1]
     for prefix, name in (
-        ("OpenSSL/", "pyOpenSSL wrappers + OpenSSL (C)"),
+        # Thin Python around each C call: their own samples are OpenSSL's.
+        ("OpenSSL/", OPENSSL),
+        ("trio_tls_dtls/core/ssl_calls.py", OPENSSL),
         ("trio_tls_dtls/core/", "ours: core"),
         ("trio_tls_dtls/", "ours: drivers, service"),
         ("trio/", "trio"),
