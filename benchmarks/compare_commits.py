@@ -10,7 +10,8 @@ both run exactly the code of their commit; the load is the current tree's
 ``trio-tlsd bench`` load generator, the same for both.
 
 The servers take turns (BASE HEAD BASE HEAD ...), each turn a fixed duration.
-Servers run pinned to CPU 0 and the load to CPU 1 (``taskset`` semantics via
+W7 (memory per idle connection) is measured once per side, as the suite
+does (500 connections). Servers run pinned to CPU 0 and the load to CPU 1 (``taskset`` semantics via
 ``sched_setaffinity``), and server CPU comes from ``/proc/PID/stat``, so the
 figure is the server's own work per operation, not what the shared machine
 did meanwhile. Prints one row per workload: µs/op for each side and the ratio
@@ -30,7 +31,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 SERVER_CPU, LOAD_CPU = 0, 1
+SERVER_CPUS = {SERVER_CPU}  # offload_modes.py --cpus widens it
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Workload:
     clients: int
     size: int = 64
     mtls: bool = False
+    resume: bool = False
 
 
 WORKLOADS = (
@@ -52,11 +56,14 @@ WORKLOADS = (
     Workload("W5 DTLS handshakes", "ours-dtls", "dtls", "handshake", 32),
     Workload("W6 DTLS echo 64 B", "ours-dtls", "dtls", "echo", 64),
     Workload("W6 DTLS echo 1000 B", "ours-dtls", "dtls", "echo", 64, size=1000),
+    Workload("W7 TLS idle connection", "ours-tls", "tls", "memory", 500),
+    Workload("W7 DTLS idle peer", "ours-dtls", "dtls", "memory", 500),
+    Workload("W8 resumed TLS handshakes", "ours-tls", "tls", "handshake", 32, resume=True),
 )
 
 
 class TreeServer:
-    """servers.py KIND from *tree*, run with that tree's package, pinned to SERVER_CPU."""
+    """servers.py KIND from *tree*, run with that tree's package, pinned to SERVER_CPUS."""
 
     def __init__(self, tree: Path, kind: str, pki: Path, mtls: bool) -> None:
         argv = [sys.executable, str(tree / "benchmarks" / "servers.py"), kind, str(pki)]
@@ -68,7 +75,7 @@ class TreeServer:
             text=True,
             cwd=tree,
             env=env,
-            preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CPU}),
+            preexec_fn=lambda: os.sched_setaffinity(0, SERVER_CPUS),
         )
         assert self.proc.stdout is not None
         words = self.proc.stdout.readline().split()
@@ -76,6 +83,9 @@ class TreeServer:
             self.stop()
             raise RuntimeError(f"{kind} from {tree} did not start")
         self.port = int(words[1])
+
+    def rss_bytes(self) -> int:
+        return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * PAGE
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -99,10 +109,16 @@ def checkout(revision: str, into: Path) -> Path:
     return into
 
 
-def measure(w: Workload, trees: dict[str, Path], pki: Path, rounds: int, duration: float) -> None:
+def measure_servers(
+    w: Workload, specs: dict[str, tuple[Path, str]], pki: Path, rounds: int, duration: float
+) -> dict[str, tuple[float, int]]:
+    """Server CPU µs per operation and operations, by label; *specs*: label -> (tree, kind).
+
+    The servers take turns (A B C ... A B C), after an uncounted warm-up turn.
+    """
     from trio_tls_dtls.cli.bench import BenchConfig, run_bench
 
-    servers = {label: TreeServer(tree, w.kind, pki, w.mtls) for label, tree in trees.items()}
+    servers = {label: TreeServer(tree, kind, pki, w.mtls) for label, (tree, kind) in specs.items()}
     cpu = dict.fromkeys(servers, 0.0)
     ops = dict.fromkeys(servers, 0)
     try:
@@ -120,6 +136,7 @@ def measure(w: Workload, trees: dict[str, Path], pki: Path, rounds: int, duratio
                     cert_file=pki / "client.pem" if w.mtls else None,
                     key_file=pki / "client.key" if w.mtls else None,
                     servername="localhost",
+                    resume=w.resume,
                 )
                 before = server.cpu_seconds()
                 report = run_bench(replace(cfg), check=turn == 0)
@@ -130,11 +147,56 @@ def measure(w: Workload, trees: dict[str, Path], pki: Path, rounds: int, duratio
     finally:
         for server in servers.values():
             server.stop()
-    per = {label: cpu[label] / ops[label] * 1e6 if ops[label] else float("nan") for label in cpu}
-    base, head = per["base"], per["head"]
+    return {
+        label: (cpu[label] / ops[label] * 1e6 if ops[label] else float("nan"), ops[label])
+        for label in cpu
+    }
+
+
+def memory_per_connection(w: Workload, tree: Path, pki: Path) -> float:
+    """W7 as the suite measures it: server RSS growth per idle connection, in KiB."""
+    import trio
+    from suite import _hold_connections
+
+    from trio_tls_dtls.cli.bench import BenchConfig
+
+    server = TreeServer(tree, w.kind, pki, w.mtls)
+    try:
+        cfg = BenchConfig(
+            proto=w.proto,  # type: ignore[arg-type]
+            mode="echo",
+            host="127.0.0.1",
+            port=server.port,
+            clients=1,
+            ca_file=pki / "ca.pem",
+            servername="localhost",
+        )
+        trio.run(_hold_connections, cfg, 50, lambda: None)  # warm-up: one-off state
+        before = server.rss_bytes()
+        after = [0]
+        failures = trio.run(
+            _hold_connections, cfg, w.clients, lambda: after.__setitem__(0, server.rss_bytes())
+        )
+    finally:
+        server.stop()
+    return (after[0] - before) / (w.clients - failures) / 1024
+
+
+def measure(w: Workload, trees: dict[str, Path], pki: Path, rounds: int, duration: float) -> None:
+    if w.mode == "memory":
+        kib = {label: memory_per_connection(w, tree, pki) for label, tree in trees.items()}
+        print(
+            f"{w.name:<26} base {kib['base']:8.1f} KiB     head {kib['head']:8.1f} KiB     "
+            f"head/base {kib['head'] / kib['base']:5.2f}   ({w.clients} connections each)",
+            flush=True,
+        )
+        return
+    specs = {label: (tree, w.kind) for label, tree in trees.items()}
+    per = measure_servers(w, specs, pki, rounds, duration)
+    (base, base_ops), (head, head_ops) = per["base"], per["head"]
     print(
         f"{w.name:<26} base {base:8.1f} µs/op   head {head:8.1f} µs/op   "
-        f"head/base {head / base:5.2f}   ({ops['base']:,} / {ops['head']:,} ops)",
+        f"head/base {head / base:5.2f}   ({base_ops:,} / {head_ops:,} ops)",
         flush=True,
     )
 

@@ -52,7 +52,7 @@ def serve(kind: str, pki: Path, report: Path, top: int) -> None:
 
 def measure(kind: str, idle: int, top: int) -> None:
     import trio
-    from suite import CLIENT_PROTO, _hold_connections
+    from suite import _hold_connections, client_proto
 
     from trio_tls_dtls.cli.bench.config import BenchConfig
 
@@ -69,7 +69,7 @@ def measure(kind: str, idle: int, top: int) -> None:
             assert child.stdout is not None
             port = int(child.stdout.readline().split()[1])
             cfg: Any = BenchConfig(
-                proto=CLIENT_PROTO[kind],
+                proto=client_proto(kind, "dtls" if "dtls" in kind else "tls"),
                 mode="echo",
                 host="127.0.0.1",
                 port=port,

@@ -4,6 +4,8 @@ KIND is one of:
 
 * ``ours-tls``, ``ours-dtls``: trio-tls-dtls's :class:`~trio_tls_dtls.Service`
   (TLS only or DTLS only), with its echo handlers and default settings;
+  ``-inline`` and ``-threads`` after either force the handshakes onto the
+  event loop or into worker threads;
 * ``trio-tls``: ``trio.SSLStream`` (stdlib ``ssl``, the system's OpenSSL)
   over ``trio.serve_tcp``;
 * ``trio-dtls``: ``trio.DTLSEndpoint`` (pyOpenSSL) serving DTLS 1.2;
@@ -30,7 +32,7 @@ import ssl
 import sys
 from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import trio
 from OpenSSL import SSL
@@ -45,6 +47,8 @@ KINDS = (
     "ours-dtls",
     "ours-tls-inline",
     "ours-dtls-inline",
+    "ours-tls-threads",
+    "ours-dtls-threads",
     "trio-tls",
     "trio-dtls",
     "asyncio",
@@ -68,7 +72,9 @@ async def stream_echo(stream: trio.abc.Stream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-async def serve_ours(folder: Path, mtls: bool, *, tls: bool, offload: bool = True) -> None:
+async def serve_ours(
+    folder: Path, mtls: bool, *, tls: bool, offload: bool | Literal["auto"] = "auto"
+) -> None:
     settings = ServerSettings(
         offload=OffloadSettings(handshakes=offload),
         certificate=CertificateSettings(folder / "server.pem", folder / "server.key"),
@@ -207,9 +213,12 @@ def run_asyncio(folder: Path, mtls: bool, *, use_uvloop: bool) -> None:
 SERVERS = {
     "ours-tls": partial(serve_ours, tls=True),
     "ours-dtls": partial(serve_ours, tls=False),
-    # Handshakes on the event loop instead of in worker threads (for profiling).
+    # The default is OffloadSettings(handshakes="auto"); these force handshakes
+    # onto the event loop, or into worker threads (benchmarks/offload_modes.py).
     "ours-tls-inline": partial(serve_ours, tls=True, offload=False),
     "ours-dtls-inline": partial(serve_ours, tls=False, offload=False),
+    "ours-tls-threads": partial(serve_ours, tls=True, offload=True),
+    "ours-dtls-threads": partial(serve_ours, tls=False, offload=True),
     "trio-tls": serve_trio_tls,
     "trio-dtls": serve_trio_dtls,
     "tcp": serve_tcp,

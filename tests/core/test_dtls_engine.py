@@ -7,6 +7,7 @@ import pytest
 from tests.conftest import PKIFiles
 from tests.core.dtls_pair import connected_pair, first_client_hello, pump
 from trio_tls_dtls.core.contexts import build_server_context
+from trio_tls_dtls.core.dtls_engine import count_records
 from trio_tls_dtls.core.engine import DTLSEngine
 from trio_tls_dtls.core.errors import DatagramTooLargeError, HandshakeError
 
@@ -25,6 +26,31 @@ def test_handshake_and_datagrams(pki: PKIFiles) -> None:
     for datagram in datagrams:
         client.receive_datagram(datagram)
     assert client.receive_messages() == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_every_record_of_a_datagram_is_a_message(pki: PKIFiles) -> None:
+    # The engine reads as many messages as the datagrams it was fed hold
+    # records, and no more (the read after them could only say "no input").
+    client, server = connected_pair(pki)
+    for n in range(3):
+        client.send_message(b"%d" % n)
+    [datagram] = client.datagrams_to_send()  # three records packed in one datagram
+    assert count_records(datagram) == 3
+    server.receive_datagram(datagram)
+    assert server.receive_messages() == [b"0", b"1", b"2"]
+    assert server.receive_messages() == []
+    # A record cut short is not counted (OpenSSL drops the rest there too).
+    client.send_message(b"whole")
+    client.send_message(b"cut")
+    [datagram] = client.datagrams_to_send()
+    assert count_records(datagram[:-1]) == 1
+    server.receive_datagram(datagram[:-1])
+    assert server.receive_messages() == [b"whole"]
+    # Bytes fed otherwise are read until OpenSSL has no more.
+    client.send_message(b"a")
+    client.send_message(b"b")
+    server.receive_bytes(client.bytes_to_send())
+    assert server.receive_messages() == [b"a", b"b"]
 
 
 def test_mutual_tls_identity(pki: PKIFiles) -> None:

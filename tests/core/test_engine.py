@@ -143,6 +143,15 @@ def test_eof_during_handshake(pki: PKIFiles) -> None:
         server.do_handshake()
 
 
+def test_eof_before_any_client_hello(pki: PKIFiles) -> None:
+    _, server = make_pair(pki)
+    assert not server.do_handshake()  # nothing yet: answered without OpenSSL
+    server.receive_eof()
+    assert not server.awaiting_client_hello
+    with pytest.raises(HandshakeError, match="during the handshake"):
+        server.do_handshake()
+
+
 def test_garbage_instead_of_client_hello(pki: PKIFiles) -> None:
     _, server = make_pair(pki)
     server.receive_bytes(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
@@ -287,12 +296,58 @@ def test_facts_for_the_offload_decision(pki: PKIFiles, mutual: bool) -> None:
     assert client.verifies_peer  # verifies the server's chain
     assert not client.do_handshake()
     assert not server.sent_first_flight  # nothing received yet
+    assert server.awaiting_client_hello
     assert server.verifies_peer is mutual
+    assert not server.signs_with_rsa  # the development PKI's keys are ECDSA
     assert not server.do_handshake()
     assert not server.sent_first_flight  # still no ClientHello: no flight made
     transfer(client, server)
     assert client.sent_first_flight  # the ClientHello
+    assert not client.awaiting_client_hello  # a client never waits for one
+    assert not server.awaiting_client_hello  # it has arrived
     assert not server.do_handshake()  # answers the ClientHello
     transfer(server, client)
     assert server.sent_first_flight
+    assert not server.awaiting_client_hello
     handshake(client, server)
+
+
+def test_rsa_certificate_is_a_fact_for_the_offload_decision(rsa_pki: PKIFiles) -> None:
+    # An RSA signature costs several thread hops by itself (see
+    # drivers/engine_guard.py's handshake_step_is_expensive).
+    server = TLSEngine.server(build_server_context(rsa_pki.server_settings()))
+    assert server.signs_with_rsa
+    assert server.signs_with_rsa  # the second answer comes from the per-context cache
+
+
+def test_release_buffers_keeps_the_connection_working(pki: PKIFiles) -> None:
+    # A memory BIO keeps the largest buffer it ever held; release_buffers
+    # replaces the empty ones. Nothing the engines hold may be lost.
+    client, server = make_pair(pki)
+    handshake(client, server)
+    assert not server.buffers_grown  # a handshake's flights are smaller than a record
+    server.release_buffers()
+    big = os.urandom(128 * 1024)
+    client.send(big)
+    transfer(client, server)
+    assert server.buffers_grown
+    # Records still wait in the input BIO: that BIO is kept, the other renewed.
+    first = server.receive(65536)
+    assert first
+    server.release_buffers()
+    assert first + read_all(server, len(big) - len(first)) == big
+    server.release_buffers()
+    server.send(big)
+    transfer(server, client)
+    assert server.buffers_grown  # the output BIO held it all at once
+    server.release_buffers()
+    assert not server.buffers_grown
+    assert read_all(client, len(big)) == big
+    client.send(b"after")
+    transfer(client, server)
+    assert server.receive(100) == b"after"
+    # The end of input survives a release: a truncation is still one.
+    server.receive_eof()
+    server.release_buffers()
+    with pytest.raises(TLSError, match="truncated"):
+        server.receive(100)

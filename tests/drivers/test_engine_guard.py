@@ -9,6 +9,7 @@ The decision tests run real handshakes between two engines in memory.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -20,9 +21,15 @@ import trio.testing
 from tests.conftest import PKIFiles
 from trio_tls_dtls.core.contexts import build_client_context, build_server_context
 from trio_tls_dtls.core.engine import TLSEngine
+from trio_tls_dtls.core.errors import ConfigError
 from trio_tls_dtls.core.settings import OffloadSettings
-from trio_tls_dtls.drivers.engine_guard import EngineGuard, handshake_step_is_costly
-from trio_tls_dtls.drivers.offload import CryptoOffload
+from trio_tls_dtls.drivers import offload as offload_module
+from trio_tls_dtls.drivers.engine_guard import (
+    EngineGuard,
+    handshake_step_is_costly,
+    handshake_step_is_expensive,
+)
+from trio_tls_dtls.drivers.offload import CryptoOffload, usable_cores
 
 T = TypeVar("T")
 
@@ -32,9 +39,11 @@ THREAD_START_LIMIT = 30.0  # a safety net against a hang, not an assertion about
 class CountingOffload(CryptoOffload):
     """Counts the calls that really ran in a worker thread."""
 
-    def __init__(self, settings: OffloadSettings) -> None:
+    def __init__(self, settings: OffloadSettings, *, cores: int | None = None) -> None:
         super().__init__(settings)
         self.threads: list[int] = []
+        if cores is not None:
+            self.cores = cores
 
     async def run(self, fn: Callable[[], T]) -> T:
         def in_thread() -> T:
@@ -45,6 +54,7 @@ class CountingOffload(CryptoOffload):
 
 
 def engines(pki: PKIFiles, *, mutual: bool = False) -> tuple[TLSEngine, TLSEngine]:
+    """A client and a server engine; the server's key is whatever *pki* has (ECDSA or RSA)."""
     server_settings = pki.mtls_server_settings() if mutual else pki.server_settings()
     client_ctx = build_client_context(pki.client_settings(with_cert=mutual))
     client = TLSEngine.client(client_ctx, "localhost")
@@ -196,17 +206,30 @@ def test_which_handshake_steps_are_costly(pki: PKIFiles, mutual: bool) -> None:
     # The offload puts a step in a thread only when it does public-key work.
     client, server = engines(pki, mutual=mutual)
     assert handshake_step_is_costly(client)
+    assert not handshake_step_is_expensive(client)  # makes the ClientHello
     assert not client.do_handshake()
-    assert handshake_step_is_costly(server)  # nothing received yet
+    assert not handshake_step_is_costly(server)  # nothing received yet: nothing to do
     assert not server.do_handshake()
-    assert handshake_step_is_costly(server)  # still no ClientHello: no flight made
+    assert not handshake_step_is_costly(server)  # still no ClientHello
     transfer(client, server)
-    assert not server.do_handshake()  # answers the ClientHello: the costly step
+    assert handshake_step_is_costly(server)  # answers the ClientHello
+    assert not handshake_step_is_expensive(server)  # an ECDSA signature
+    assert not server.do_handshake()
     transfer(server, client)
     # Reading the client's Finished costs little, unless it carries a
-    # certificate to verify.
+    # certificate to verify; that one costs several hops.
     assert handshake_step_is_costly(server) is mutual
+    assert handshake_step_is_expensive(server) is mutual
     assert handshake_step_is_costly(client)  # verifies the server's chain
+    assert handshake_step_is_expensive(client)
+
+
+def test_an_rsa_servers_answer_is_expensive(rsa_pki: PKIFiles) -> None:
+    client, server = engines(rsa_pki)
+    assert not client.do_handshake()
+    transfer(client, server)
+    assert handshake_step_is_costly(server)
+    assert handshake_step_is_expensive(server)
 
 
 async def run_handshake(client: EngineGuard, server: EngineGuard) -> None:
@@ -232,23 +255,32 @@ async def run_handshake(client: EngineGuard, server: EngineGuard) -> None:
 @pytest.mark.parametrize(
     ("handshakes", "mutual", "server_threads", "client_threads"),
     [
-        # Server: the empty first step and the answer to the ClientHello in
-        # threads, reading the Finished inline (unless it verifies a client
-        # certificate). Client: its two steps (the ClientHello, then
-        # verifying the server and sending Finished) both in threads.
-        (True, False, 2, 2),
-        (True, True, 3, 2),
+        # Server: the answer to the ClientHello in a thread, reading the
+        # Finished inline (unless it verifies a client certificate); the
+        # step before the ClientHello arrived does nothing and stays inline.
+        # Client: its two steps (the ClientHello, then verifying the server
+        # and sending Finished) both in threads.
+        (True, False, 1, 2),
+        (True, True, 2, 2),
         (False, False, 0, 0),
         (False, True, 0, 0),
+        # "auto" with a core to spare and an idle loop: only the expensive
+        # steps (verifying a certificate chain) go.
+        ("auto", False, 0, 1),
+        ("auto", True, 1, 1),
     ],
 )
 async def test_handshake_steps_run_where_the_settings_and_cost_say(
-    pki: PKIFiles, handshakes: bool, mutual: bool, server_threads: int, client_threads: int
+    pki: PKIFiles,
+    handshakes: bool | str,
+    mutual: bool,
+    server_threads: int,
+    client_threads: int,
 ) -> None:
     client_engine, server_engine = engines(pki, mutual=mutual)
-    settings = OffloadSettings(handshakes=handshakes)
-    client = EngineGuard(client_engine, CountingOffload(settings))
-    server = EngineGuard(server_engine, CountingOffload(settings))
+    settings = OffloadSettings(handshakes=handshakes)  # type: ignore[arg-type]
+    client = EngineGuard(client_engine, CountingOffload(settings, cores=2))
+    server = EngineGuard(server_engine, CountingOffload(settings, cores=2))
     await run_handshake(client, server)
     assert client_engine.handshake_done and server_engine.handshake_done
     assert isinstance(client.offload, CountingOffload)
@@ -256,6 +288,66 @@ async def test_handshake_steps_run_where_the_settings_and_cost_say(
     assert len(server.offload.threads) == server_threads
     assert len(client.offload.threads) == client_threads
     assert threading.get_ident() not in server.offload.threads + client.offload.threads
+
+
+def auto_guards(pki: PKIFiles, cores: int) -> tuple[EngineGuard, EngineGuard]:
+    client_engine, server_engine = engines(pki)
+    settings = OffloadSettings(handshakes="auto")
+    return (
+        EngineGuard(client_engine, CountingOffload(settings, cores=cores)),
+        EngineGuard(server_engine, CountingOffload(settings, cores=cores)),
+    )
+
+
+def server_threads(guard: EngineGuard) -> int:
+    assert isinstance(guard.offload, CountingOffload)
+    return len(guard.offload.threads)
+
+
+async def test_auto_never_offloads_with_one_core(rsa_pki: PKIFiles) -> None:
+    # Even an RSA signature: a thread could not run beside the loop.
+    client, server = auto_guards(rsa_pki, cores=1)
+    await run_handshake(client, server)
+    assert server_threads(server) == server_threads(client) == 0
+
+
+async def test_auto_offloads_an_rsa_answer_with_a_core_to_spare(rsa_pki: PKIFiles) -> None:
+    client, server = auto_guards(rsa_pki, cores=2)
+    await run_handshake(client, server)
+    assert server_threads(server) == 1
+
+
+@pytest.mark.parametrize(("machine_busy", "offloaded"), [(False, 1), (True, 0)])
+async def test_auto_offloads_an_ecdsa_answer_when_the_loop_has_a_backlog(
+    pki: PKIFiles, monkeypatch: pytest.MonkeyPatch, machine_busy: bool, offloaded: int
+) -> None:
+    # A backlog: other tasks ready to run while the step would hold the
+    # loop. It is offloaded unless every core is already busy.
+    monkeypatch.setattr(offload_module, "_machine_busy", lambda cores: machine_busy)
+    client, server = auto_guards(pki, cores=2)
+    client_engine, server_engine = client._engine, server._engine
+    assert not await client.handshake_step()
+    transfer(client_engine, server_engine)
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(trio.lowlevel.checkpoint)  # runnable, not yet run
+        assert trio.lowlevel.current_statistics().tasks_runnable >= 1
+        assert server.offloads_handshake_step() is bool(offloaded)
+        assert not await server.handshake_step()
+    assert server_threads(server) == offloaded
+
+
+def test_usable_cores_are_the_affinity_mask() -> None:
+    assert usable_cores() == len(os.sched_getaffinity(0))
+    assert CryptoOffload().cores == usable_cores()
+    assert CryptoOffload(cores=3).cores == 3  # what the service passes
+
+
+def test_handshakes_setting_is_true_false_or_auto() -> None:
+    assert OffloadSettings().handshakes == "auto"  # the default
+    for value in ("sometimes", 1, None):
+        with pytest.raises(ConfigError, match=r"offload\.handshakes"):
+            OffloadSettings(handshakes=value)  # type: ignore[arg-type]
 
 
 # -- the decision: records -----------------------------------------------------------

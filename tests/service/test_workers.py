@@ -22,7 +22,15 @@ from tests.conftest import PKIFiles
 from tests.core.dtls_pair import first_client_hello
 from trio_tls_dtls import ClientSettings, ConfigError, open_dtls_channel, open_tls_stream
 from trio_tls_dtls.core.dtls_cookie import write_secret_file
-from trio_tls_dtls.service.workers import Supervisor, restart_delay, serve_workers, worker_count
+from trio_tls_dtls.service.cpu_quota import usable_cpus
+from trio_tls_dtls.service.service import Service
+from trio_tls_dtls.service.workers import (
+    Supervisor,
+    restart_delay,
+    serve_workers,
+    worker_count,
+    worker_offload,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -472,3 +480,14 @@ async def test_ctrl_c_to_the_process_group_drains_the_workers(pki: PKIFiles) -> 
         assert running.process.returncode == 0, log
         assert log.count(": drained:") == 2, log
         assert "stopped at once" not in log
+
+
+def test_each_worker_counts_its_share_of_the_cpus_for_the_offload(pki: PKIFiles) -> None:
+    # OffloadSettings "auto" sends handshakes to threads only with a second
+    # core: a worker per CPU has one, a single process has all of them.
+    settings = pki.server_settings()
+    usable = usable_cpus().count
+    assert Service(settings, dtls=False).offload.cores == usable
+    assert worker_offload(settings, 1).cores == usable
+    assert worker_offload(settings, usable).cores == 1
+    assert worker_offload(settings, usable * 4).cores == 1  # never fewer than one

@@ -2,9 +2,10 @@
 
 What lives here
 ---------------
-* The engines (:mod:`.engine`): a pyOpenSSL ``Connection`` between two
-  memory BIOs. Ciphertext goes in, plaintext and ciphertext-to-send come out;
-  "I need more input" is a return value, not an exception.
+* The engines (:mod:`.tls_engine`, :mod:`.dtls_engine`; both names in
+  :mod:`.engine`): a pyOpenSSL ``Connection`` between two memory BIOs.
+  Ciphertext goes in, plaintext and ciphertext-to-send come out; "I need
+  more input" is a return value, not an exception.
 * DTLS before any connection exists: the record peek and ClientHello parser
   (:mod:`.dtls_records`), the stateless cookie (:mod:`.dtls_cookie`), the
   cookie gate (:mod:`.cookie_gate`) that decides, per datagram, what an
@@ -19,9 +20,11 @@ What lives here
   the TLS facts as TLVs in :mod:`.proxy_tlvs`), PEM loading, OCSP checks,
   errors, PeerInfo, pre-shared keys (:mod:`.psk`) and client identity rules
   and CRLs (:mod:`.client_identity`).
-* The OpenSSL calls pyOpenSSL does not expose, in two modules only:
-  :mod:`._ossl` (plain calls) and :mod:`._ossl_callbacks` (PSK, strict ALPN
-  and the identity-checking verify callback).
+* Calls into the OpenSSL bindings under pyOpenSSL, in three modules only:
+  :mod:`.ssl_calls` (the per-record calls, without pyOpenSSL's per-call
+  wrappers), :mod:`._ossl` (plain calls pyOpenSSL does not expose) and
+  :mod:`._ossl_callbacks` (PSK, strict ALPN and the identity-checking
+  verify callback).
 
 What may be imported
 --------------------

@@ -1,9 +1,10 @@
 """The few OpenSSL calls pyOpenSSL does not expose, in one place.
 
 pyOpenSSL has no public API for hostname verification, for asking whether a
-session was resumed, or for the certificate verification result. All three
-are one call into the OpenSSL bindings that ship with ``cryptography``
-(``OpenSSL._util.lib``), which pyOpenSSL itself is built on. Nor can it tell
+session was resumed, for the certificate verification result, or for the
+kind of key a certificate has. Each is a call or two into the OpenSSL
+bindings that ship with ``cryptography`` (``OpenSSL._util.lib``), which
+pyOpenSSL itself is built on. Nor can it tell
 whether two Session objects are one session (that compares its handles).
 Keeping them here (and the callbacks in :mod:`._ossl_callbacks`) means two
 modules to check when either library moves; the test matrix exercises them
@@ -13,6 +14,7 @@ on the oldest and newest supported versions.
 from __future__ import annotations
 
 import ipaddress
+import weakref
 from typing import Any
 
 from OpenSSL import SSL
@@ -20,9 +22,7 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 __all__ = [
-    "ciphertext_buffered",
-    "ciphertext_waiting",
-    "plaintext_buffered",
+    "certificate_key_is_rsa",
     "same_session",
     "session_reused",
     "set_expected_host",
@@ -84,21 +84,22 @@ def verify_error(conn: SSL.Connection) -> str | None:
     return str(_ffi_any.string(text).decode("ascii", "replace"))
 
 
-# Asking a memory BIO how much it holds is one C call; reading an empty one
-# through pyOpenSSL raises (and builds) a WantReadError, several times the
-# cost, on every record. BIO_get_mem_data returns the length held.
+# Per context: a context's certificates never change once it made a
+# connection (contexts are built, then read-only).
+_rsa_by_context: weakref.WeakKeyDictionary[SSL.Context, bool] = weakref.WeakKeyDictionary()
 
 
-def ciphertext_waiting(conn: SSL.Connection) -> int:
-    """Bytes OpenSSL has written for the peer and not yet been read out."""
-    return int(_lib_any.BIO_get_mem_data(conn._from_ssl, _ffi_any.NULL))
-
-
-def ciphertext_buffered(conn: SSL.Connection) -> int:
-    """Bytes from the peer fed in but not yet read by OpenSSL."""
-    return int(_lib_any.BIO_get_mem_data(conn._into_ssl, _ffi_any.NULL))
-
-
-def plaintext_buffered(conn: SSL.Connection) -> int:
-    """Decrypted bytes OpenSSL holds from a record read earlier."""
-    return int(_lib_any.SSL_pending(_ssl_ptr(conn)))
+def certificate_key_is_rsa(conn: SSL.Connection) -> bool:
+    """True if the certificate *conn* would present has an RSA key (False without one)."""
+    context = conn.get_context()
+    known = _rsa_by_context.get(context)
+    if known is None:
+        known = False
+        cert = _lib_any.SSL_get_certificate(_ssl_ptr(conn))
+        if cert != _ffi_any.NULL:
+            key = _lib_any.X509_get_pubkey(cert)
+            if key != _ffi_any.NULL:
+                known = _lib_any.EVP_PKEY_id(key) == _lib_any.EVP_PKEY_RSA
+                _lib_any.EVP_PKEY_free(key)
+        _rsa_by_context[context] = known
+    return known

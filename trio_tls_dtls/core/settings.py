@@ -241,20 +241,35 @@ class CertificateSettings:
 class OffloadSettings:
     """When crypto runs in a worker thread instead of on the event loop.
 
-    Handshakes (the public-key work: ≈ 0.3 ms for ECDSA P-256, several ms for
-    RSA-2048 signatures) go to a thread when ``handshakes`` is true; records
-    go to a thread only when at least ``record_threshold`` bytes are
+    ``handshakes`` says where the handshake steps that do public-key work go
+    (answering a ClientHello: ≈ 0.3 ms for ECDSA P-256, several ms for
+    RSA-2048 signatures; verifying a certificate):
+
+    * ``"auto"`` (the default): to a thread when that pays, on the loop
+      otherwise. A thread hop costs ≈ 0.1 ms of CPU, so a step goes to a
+      thread only when a second core can run it meanwhile, and either the
+      step is expensive by itself (an RSA key, a client certificate to
+      verify) or the loop has other work waiting and a core to spare (see
+      :mod:`trio_tls_dtls.drivers.offload`);
+    * ``True``: always to a thread (the behaviour before ``"auto"``);
+    * ``False``: always on the event loop.
+
+    Records go to a thread only when at least ``record_threshold`` bytes are
     encrypted or decrypted at once, because a thread hop costs more than
     encrypting a small record. ``max_threads`` bounds the threads doing
     crypto at once (default: the CPU count). The defaults are measured; see
     docs/performance.rst.
     """
 
-    handshakes: bool = True
+    handshakes: bool | Literal["auto"] = "auto"
     record_threshold: int = 256 * 1024
     max_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.handshakes, bool) or self.handshakes == "auto"):
+            raise ConfigError(
+                f'offload.handshakes must be true, false or "auto", not {self.handshakes!r}'
+            )
         _count(self.record_threshold, "offload.record_threshold", minimum=0)
         _count(self.max_threads, "offload.max_threads")
 

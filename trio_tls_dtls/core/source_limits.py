@@ -21,12 +21,13 @@ clock, sleeps or touches a socket.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Final, Literal
 
-from .networks import address_in, parse_networks
+from .networks import address_in, parse_address, parse_networks
 
 __all__ = ["LogThrottle", "Refusal", "SourceLimits", "source_key"]
 
@@ -36,11 +37,11 @@ Refusal = Literal["rate", "connections"]
 DEFAULT_MAX_TRACKED: Final = 65536
 
 
+@functools.lru_cache(maxsize=4096)  # asked twice per connection: admitted and released
 def source_key(host: str) -> str:
     """The source *host* counts as: itself for IPv4, its /64 for IPv6, the text otherwise."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    ip = parse_address(host)
+    if ip is None:
         return host
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:

@@ -30,12 +30,16 @@ The decision: inline or in a thread
     A thread hop costs ≈ 77 to 116 µs of CPU; public-key work costs more than
     that, and encrypting a small record far less (see
     docs/explanation/threading.rst). :func:`handshake_step_is_costly` is
-    the cost model of a handshake step; :meth:`EngineGuard.offloads_handshake_step`
-    and :meth:`EngineGuard.offloads_records` combine it with what the
-    :class:`~trio_tls_dtls.OffloadSettings` allow. The drivers never decide
-    themselves, so a policy that also looks at the load (offload only when
-    handshakes are queueing on the loop) is a change here and nowhere else.
-    The engine only reports facts about its state; it makes no decision.
+    the cost model of a handshake step (does it do public-key work at all?)
+    and :func:`handshake_step_is_expensive` says whether that work is worth
+    several hops by itself (RSA, verifying a certificate chain);
+    :meth:`EngineGuard.offloads_handshake_step` and
+    :meth:`EngineGuard.offloads_records` combine them with what the
+    :class:`~trio_tls_dtls.OffloadSettings` allow and, for ``"auto"``, with
+    the load (:meth:`~.offload.CryptoOffload.offloads_handshake_step`: a
+    second core, a backlog on the loop). The drivers never decide
+    themselves. The engine only reports facts about its state; it makes no
+    decision.
     Records: a TLS stream asks :meth:`EngineGuard.record` with the size of
     each send and each large read; a DTLS datagram is one record of at most
     16 KiB, always cheaper than a hop, so a channel runs its records inline.
@@ -51,7 +55,7 @@ import trio
 from ..core.engine import TLSEngine
 from .offload import CryptoOffload
 
-__all__ = ["EngineGuard", "handshake_step_is_costly"]
+__all__ = ["EngineGuard", "handshake_step_is_costly", "handshake_step_is_expensive"]
 
 T = TypeVar("T")
 
@@ -61,14 +65,30 @@ def handshake_step_is_costly(engine: TLSEngine) -> bool:
 
     A server's expensive step answers the ClientHello (key exchange and
     signature: ≈ 250 µs for ECDSA P-256, more for RSA keys), so every step
-    until it has sent its first flight counts. After that only verifying a
-    client certificate costs as much (≈ 350 µs); reading the client's
-    Finished and issuing tickets is ≈ 50 µs, less than a thread hop. A
-    client's later steps verify the server's chain and signature, so all of
-    its steps count.
+    from the ClientHello's arrival until it has sent its first flight
+    counts; a step before any of the ClientHello arrived does nothing. After
+    that only verifying a client certificate costs as much (≈ 350 µs);
+    reading the client's Finished and issuing tickets is ≈ 50 µs, less than
+    a thread hop. A client's later steps verify the server's chain and
+    signature, so all of its steps count.
     """
-    if not engine.server_side or not engine.sent_first_flight:
+    if not engine.server_side:
         return True
+    if not engine.sent_first_flight:
+        return not engine.awaiting_client_hello
+    return engine.verifies_peer
+
+
+def handshake_step_is_expensive(engine: TLSEngine) -> bool:
+    """Whether a costly step costs several thread hops by itself, whatever the load.
+
+    A server's answer to the ClientHello is, with an RSA key (≈ 600 µs for
+    RSA-2048, several ms for larger keys); so is any later step that
+    verifies the peer's certificate chain. An ECDSA signature (≈ 250 µs) is
+    worth a hop only when the loop has other work waiting.
+    """
+    if not engine.sent_first_flight:
+        return engine.server_side and engine.signs_with_rsa
     return engine.verifies_peer
 
 
@@ -98,7 +118,11 @@ class EngineGuard:
 
     def offloads_handshake_step(self) -> bool:
         """Whether the next handshake step goes to a thread."""
-        return self.offload.offloads_handshakes() and handshake_step_is_costly(self._engine)
+        engine = self._engine
+        offload = self.offload
+        if not offload.offloads_handshakes() or not handshake_step_is_costly(engine):
+            return False
+        return offload.offloads_handshake_step(expensive=handshake_step_is_expensive(engine))
 
     def offloads_records(self, nbytes: int) -> bool:
         """Whether encrypting or decrypting *nbytes* in one call goes to a thread.

@@ -310,9 +310,10 @@ class Lifecycle(Generic[T, C]):
         self.stats.handshakes_ok += 1
         self.stats.handshake_seconds.observe(elapsed)
         info = conn.info
-        self.logger.info(
-            "%s handshake ok: %s time=%.1fms", self.transport, info.describe(), elapsed * 1000
-        )
+        if self.logger.isEnabledFor(logging.INFO):  # describe() is work: only if it is logged
+            self.logger.info(
+                "%s handshake ok: %s time=%.1fms", self.transport, info.describe(), elapsed * 1000
+            )
         return info, "cancelled", None  # cancelled unless the handler returns
 
     def _why_handler_returned(self, conn: C) -> CloseReason:

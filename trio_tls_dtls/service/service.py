@@ -31,6 +31,7 @@ from ..drivers.offload import CryptoOffload
 from ..drivers.tls.server import TLSHandler, TLSServer, echo_handler
 from . import sd_notify
 from .access_log import AccessLog
+from .cpu_quota import usable_cpus
 from .file_watch import FileWatch, watched_files
 
 __all__ = ["Service", "serve"]
@@ -63,7 +64,13 @@ class Service:
         self.settings = settings
         # The files as they were before they were read: what upkeep compares with.
         self.files = FileWatch(watched_files(settings))
-        self.offload = offload if offload is not None else CryptoOffload(settings.offload)
+        self.offload = (
+            offload
+            if offload is not None
+            # The CPUs this process may use, a cgroup quota included: with
+            # one, handshakes stay on the loop (OffloadSettings "auto").
+            else CryptoOffload(settings.offload, cores=usable_cpus().count)
+        )
         self.tls: TLSServer | None = None
         self.dtls: DTLSServer | None = None
         self.access_log = AccessLog()

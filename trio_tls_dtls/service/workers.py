@@ -67,6 +67,7 @@ import trio
 from ..core.errors import ConfigError, TLSDError
 from ..core.settings import ServerSettings
 from ..drivers.dtls.server import DTLSHandler, dtls_echo_handler
+from ..drivers.offload import CryptoOffload
 from ..drivers.tls.server import TLSHandler, echo_handler
 from .cpu_quota import usable_cpus
 from .lifeline import Lifelines
@@ -88,6 +89,7 @@ __all__ = [
     "serve_workers",
     "shared_state_factory",
     "worker_count",
+    "worker_offload",
 ]
 
 logger = logging.getLogger(__name__)
@@ -378,6 +380,16 @@ def _describe_status(code: int) -> str:
 # -- a library entry point -------------------------------------------------------
 
 
+def worker_offload(settings: ServerSettings, workers: int) -> CryptoOffload:
+    """One worker's crypto offload: its share of the usable CPUs.
+
+    With a worker per CPU, each has one: its handshakes stay on its loop
+    (``OffloadSettings.handshakes="auto"``), as a thread could only take
+    time from another worker.
+    """
+    return CryptoOffload(settings.offload, cores=max(1, usable_cpus().count // workers))
+
+
 def serve_workers(
     settings: ServerSettings,
     port: int,
@@ -437,6 +449,7 @@ def serve_workers(
             dtls_handler=dtls_handler,
             tls_context=shared.tls,
             dtls_context=shared.dtls,
+            offload=worker_offload(settings, count),
             cookies=shared.cookies,
         )
         run = partial(

@@ -72,7 +72,7 @@ async def test_event_loop_keeps_running_during_handshakes(rsa_pki: PKIFiles) -> 
 
 
 async def test_limiter_bounds_crypto_threads(pki: PKIFiles) -> None:
-    offload = CryptoOffload(OffloadSettings(max_threads=1))
+    offload = CryptoOffload(OffloadSettings(handshakes=True, max_threads=1))
     running = 0
     peak = 0
     lock = threading.Lock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -291,6 +292,34 @@ async def test_connections_over_the_limit_are_closed_at_once(pki: PKIFiles) -> N
             while server.stats.active:
                 await trio.sleep(0.01)
         await assert_still_serving(pki, port)
+
+
+async def test_a_burst_of_connections_is_taken_in_one_wake_up(pki: PKIFiles) -> None:
+    # Twelve connections queue in the listen backlog before the server runs
+    # again (a blocking connect completes in the kernel): the accept loop
+    # takes them together and holds each to the limit, as one at a time.
+    async with running_tls_server(pki.server_settings(max_connections=4)) as server:
+        burst = [socket.create_connection(("127.0.0.1", port_of(server))) for _ in range(12)]
+        try:
+            with trio.fail_after(5):
+                while server.stats.accepted < 12:
+                    await trio.sleep(0.01)
+            assert server.stats.rejected_over_limit == 8
+            assert server.stats.active == 4
+            refused = 0
+            for sock in burst:
+                sock.settimeout(0.05)
+                # An admitted one times out: the server waits for its ClientHello.
+                with contextlib.suppress(TimeoutError):
+                    refused += sock.recv(1) == b""  # closed at once
+            assert refused == 8
+        finally:
+            for sock in burst:
+                sock.close()
+        with trio.fail_after(5):
+            while server.stats.active:
+                await trio.sleep(0.01)
+        await assert_still_serving(pki, port_of(server))
 
 
 async def test_idle_connection_closed(pki: PKIFiles) -> None:

@@ -157,3 +157,32 @@ async def test_send_close_notify_keeps_reading(pki: PKIFiles) -> None:
     await client.aclose()
     assert await server.receive_some() == b""
     await server.aclose()
+
+
+async def test_an_idle_stream_gives_back_what_a_large_echo_grew(pki: PKIFiles) -> None:
+    # The engine's memory BIOs keep their largest buffer; the stream gives
+    # them back before it waits for the peer again (see release_buffers).
+    client, server = tls_pair(pki, trio.testing.memory_stream_pair())
+    payload = os.urandom(128 * 1024)
+    received = bytearray()
+
+    async def client_side() -> None:
+        await client.send_all(payload)
+        while len(received) < len(payload):
+            received.extend(await client.receive_some())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client_side)
+        data = bytearray()
+        while len(data) < len(payload):
+            data.extend(await server.receive_some())
+        await server.send_all(data)  # all 128 KiB through the output BIO at once
+        assert server._engine.buffers_grown
+    assert received == payload
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.receive_some)  # nothing comes: it waits
+        await trio.testing.wait_all_tasks_blocked()
+        assert not server._engine.buffers_grown
+        await client.send_all(b"still works")
+    await client.aclose()
+    await server.aclose()

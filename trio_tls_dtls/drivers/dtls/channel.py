@@ -137,10 +137,23 @@ class DTLSChannel(trio.abc.Channel[bytes]):
             self.on_activity()
 
     async def _flush(self) -> None:
-        """Send every datagram the engine has queued."""
-        datagrams = await self._guard.inline(self._engine.datagrams_to_send)
+        """Send every datagram the engine has queued.
+
+        The whole flight goes out in one loop with no schedule point while
+        the socket takes each datagram at once (a server's nearly always).
+        """
+        guard = self._guard
+        if guard.busy:
+            datagrams = await guard.inline(self._engine.datagrams_to_send)
+        else:
+            datagrams = self._engine.datagrams_to_send()
+        if not datagrams:
+            return
+        link = self._link
+        send_nowait = getattr(link, "send_nowait", None)  # optional (see DatagramLink)
         for datagram in datagrams:
-            await self._link.send(datagram)
+            if send_nowait is None or not send_nowait(datagram):
+                await link.send(datagram)
             self.datagrams_sent += 1
 
     async def _next_datagram(self, deadline: float) -> bytes | None:
@@ -214,6 +227,8 @@ class DTLSChannel(trio.abc.Channel[bytes]):
                 if datagram is None:
                     await self._on_timer()
             await guard.inline(partial(engine.receive_datagram, datagram))
+        if not guard.busy:
+            engine.release_buffers()  # the flights' buffers, kept by the BIOs otherwise
         self._info = engine.peer_info(self.peer_address, transport="dtls")
         self._handshake_done = True
 
@@ -234,8 +249,12 @@ class DTLSChannel(trio.abc.Channel[bytes]):
             await trio.lowlevel.checkpoint_if_cancelled()
             if not self._handshake_done:
                 await self._implicit_handshake()
+            guard = self._guard
             try:
-                await self._guard.inline(lambda: self._engine.send_message(value))
+                if guard.busy:
+                    await guard.inline(partial(self._engine.send_message, value))
+                else:
+                    self._engine.send_message(value)
             except TLSError as exc:
                 self._broken = str(exc)
                 raise trio.BrokenResourceError(str(exc)) from exc
@@ -283,16 +302,13 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         if datagram is None:
             await self._on_timer()
             return
-        engine = self._engine
-
-        def decrypt() -> list[bytes]:
-            engine.receive_datagram(datagram)
-            return engine.receive_messages()
-
         try:
             # One datagram is at most one 16 KiB record: always cheaper than
             # a thread hop, so DTLS records never ask guard.record.
-            messages = await self._guard.inline(decrypt)
+            if self._guard.busy:
+                messages = await self._guard.inline(partial(self._decrypt, datagram))
+            else:
+                messages = self._decrypt(datagram)
         except TLSError as exc:
             self._broken = str(exc)
             raise trio.BrokenResourceError(str(exc)) from exc
@@ -302,6 +318,10 @@ class DTLSChannel(trio.abc.Channel[bytes]):
         # retransmitted its own because ours was lost; or an alert.
         if not self._closed:
             await self._flush()
+
+    def _decrypt(self, datagram: bytes) -> list[bytes]:
+        self._engine.receive_datagram(datagram)
+        return self._engine.receive_messages()
 
     async def _implicit_handshake(self) -> None:
         try:

@@ -26,6 +26,10 @@ class DatagramLink(Protocol):
 
     async def send(self, datagram: bytes) -> None: ...
 
+    # Optional: ``send_nowait(datagram) -> bool`` sends at once if that needs
+    # no waiting (True; False: use send), raising what send would. With it,
+    # a channel sends a flight without a schedule point per datagram.
+
     async def receive(self) -> bytes:
         """The next datagram; raises ``trio.EndOfChannel`` once the link is closed."""
         ...
@@ -66,13 +70,19 @@ class SocketSender:
         """The same socket, non-blocking, for calls that complete at once."""
         self.direct.setblocking(False)
 
+    def sendto_nowait(self, datagram: bytes, address: Address) -> bool:
+        """Send at once if the kernel takes it (True); False if it would wait."""
+        if self._lock.locked():
+            return False  # others wait for room: keep their order
+        try:
+            self.direct.sendto(datagram, address)
+        except BlockingIOError:
+            return False
+        return True
+
     async def sendto(self, datagram: bytes, address: Address) -> None:
-        if not self._lock.locked():
-            try:
-                self.direct.sendto(datagram, address)
-                return
-            except BlockingIOError:
-                pass
+        if self.sendto_nowait(datagram, address):
+            return
         async with self._lock:
             await self.socket.sendto(datagram, address)
 
@@ -106,7 +116,8 @@ class PeerLink:
         if self._closed or len(self._queue) >= self.capacity:
             return False
         self._queue.append(datagram)
-        self._lot.unpark()
+        if self._lot:  # the peer's task waits for it (else it takes it when it comes back)
+            self._lot.unpark()
         return True
 
     async def receive(self) -> bytes:
@@ -120,6 +131,11 @@ class PeerLink:
         if self._closed:
             raise trio.ClosedResourceError("this DTLS peer was closed")
         await self._sender.sendto(datagram, self.address)
+
+    def send_nowait(self, datagram: bytes) -> bool:
+        if self._closed:
+            raise trio.ClosedResourceError("this DTLS peer was closed")
+        return self._sender.sendto_nowait(datagram, self.address)
 
     def close(self) -> None:
         self._closed = True
@@ -149,6 +165,9 @@ class SocketLink:
             raise trio.ClosedResourceError("this DTLS channel was closed")
         async with self._send_lock:
             await self.socket.send(datagram)
+
+    def send_nowait(self, datagram: bytes) -> bool:
+        return False  # a client sends little: trio's send is cheap enough
 
     async def receive(self) -> bytes:
         if self._closed:

@@ -241,7 +241,19 @@ class DTLSServer:
     async def _receive_loop(
         self, index: int, sock: trio.socket.SocketType, nursery: trio.Nursery
     ) -> None:
+        """Take what the socket holds, a batch at a time; wait only when it is empty.
+
+        Datagrams are read with a plain ``recvfrom`` on a second handle to
+        the socket (see :class:`~.link.SocketSender`), not through trio's
+        wrapper. After each batch the loop yields once, so the peers whose
+        datagrams it queued run; then it reads again, and waits for the
+        socket only if that finds nothing. Under load, datagrams from other
+        peers have arrived meanwhile, and the loop runs without an epoll
+        registration per batch. A peer's task is woken only if it waits for
+        a datagram (see :meth:`~.link.PeerLink.deliver`).
+        """
         sender = SocketSender(sock)
+        direct = sender.direct
         try:
             while True:
                 try:
@@ -253,23 +265,27 @@ class DTLSServer:
                 # One clock reading per wake-up: a cookie epoch lasts a
                 # minute, a batch a few milliseconds.
                 now = self.clock()
-                await self._on_datagram(index, datagram, sockaddr, now, sender, nursery)
+                reply = self._on_datagram(index, datagram, sockaddr, now, sender, nursery)
+                if reply is not None:
+                    await self._send_hello_verify_request(*reply, sender)
                 # Whatever else is already queued, without a trip through the
                 # scheduler per datagram; the await above is the checkpoint.
                 for _ in range(_RECEIVE_BATCH):
                     try:
-                        datagram, sockaddr = sender.direct.recvfrom(MAX_DATAGRAM)
+                        datagram, sockaddr = direct.recvfrom(MAX_DATAGRAM)
                     except BlockingIOError:
                         break
                     except OSError as exc:
                         if exc.errno not in _ICMP_ERRORS:
                             raise
                         continue
-                    await self._on_datagram(index, datagram, sockaddr, now, sender, nursery)
+                    reply = self._on_datagram(index, datagram, sockaddr, now, sender, nursery)
+                    if reply is not None:
+                        await self._send_hello_verify_request(*reply, sender)
         finally:
             self._closing_senders.append(sender)
 
-    async def _on_datagram(
+    def _on_datagram(
         self,
         index: int,
         datagram: bytes,
@@ -277,8 +293,12 @@ class DTLSServer:
         now: float,
         sender: SocketSender,
         nursery: trio.Nursery,
-    ) -> None:
-        """Ask the cookie gate what to do with *datagram*, and do it."""
+    ) -> tuple[bytes, Address] | None:
+        """Ask the cookie gate what to do with *datagram*, and do it.
+
+        Returns the HelloVerifyRequest to send and where, for a ``Reply``
+        (the caller sends it); None otherwise.
+        """
         self.stats.datagrams_received += 1
         address = normalize_address(sockaddr)
         key = (index, address)
@@ -302,10 +322,11 @@ class DTLSServer:
             case Reply(hello_verify_request=reply, cookie_rejected=rejected):
                 if rejected:
                     self.stats.cookies_rejected += 1
-                await self._send_hello_verify_request(reply, address, sender)
+                return reply, address
             case Admit():
                 self.stats.cookies_verified += 1
                 self._start_peer(key, datagram, decision, sender, nursery)
+        return None
 
     async def _send_hello_verify_request(
         self, reply: bytes, address: Address, sender: SocketSender

@@ -33,6 +33,7 @@ import operator
 import os
 from collections.abc import Callable
 from functools import partial
+from typing import NoReturn
 
 import trio
 from OpenSSL import SSL
@@ -40,7 +41,7 @@ from OpenSSL import SSL
 from ...core.engine import TLSEngine
 from ...core.errors import HandshakeError, TLSError
 from ...core.peer_info import Address, PeerInfo
-from ..conflict_detector import ConflictDetector
+from ..conflict_detector import ConflictDetector, Turn
 from ..engine_guard import EngineGuard
 from ..offload import CryptoOffload
 
@@ -91,9 +92,8 @@ class TLSStream(trio.abc.Stream):
             transport_stream.socket if isinstance(transport_stream, trio.SocketStream) else None
         )
         self._engine = engine
-        # Ciphertext already read from the transport by someone else (the
-        # server, after a PROXY header): the engine takes it before anything
-        # the socket holds, and the direct-read fast path stays as it is.
+        # Ciphertext already read from the transport (after a PROXY header):
+        # the engine takes it before anything the socket holds.
         engine.receive_bytes(initial_data)
         self._guard = EngineGuard(engine, offload)
         self._receive_size = receive_size
@@ -107,8 +107,8 @@ class TLSStream(trio.abc.Stream):
         self._send_broken = False
         self._handshake_done = False
         self._info: PeerInfo | None = None
-        self._handshake_lock: trio.Lock | None = trio.Lock()
-        self._send_lock = trio.StrictFIFOLock()
+        self._handshake_lock: Turn | None = Turn()
+        self._send_lock = Turn()
         self._send_conflict = ConflictDetector("another task is already sending on this TLSStream")
         self._receive_conflict = ConflictDetector(
             "another task is already receiving on this TLSStream"
@@ -161,31 +161,50 @@ class TLSStream(trio.abc.Stream):
 
     # -- moving ciphertext -------------------------------------------------
 
+    def _owes_bytes(self) -> bool:
+        """True if the engine may hold bytes for the peer that we may send now.
+
+        (A send in progress takes them itself. While a thread holds the engine, it may.)
+        """
+        if self._send_lock.locked() or self._send_broken:
+            return False
+        return self._guard.busy or self._engine.has_bytes_to_send
+
     async def _flush(self) -> None:
         """Send everything the engine has queued, in order (see module docstring)."""
-        lock = self._send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()
+        turn = self._send_lock
+        if not turn.take_now():
+            await turn.take()
         try:
+            engine = self._engine
+            guard = self._guard
             while True:
-                data = await self._guard.inline(self._engine.bytes_to_send)
+                # Inline calls run directly unless a thread holds the engine.
+                data = (
+                    await guard.inline(engine.bytes_to_send)
+                    if guard.busy
+                    else engine.bytes_to_send()
+                )
                 if not data:
                     return
-                await self._transport_send(data)
+                if not await self._transport_send(data):
+                    return  # sent without yielding: nobody queued more meanwhile
         finally:
-            lock.release()
+            turn.give_back()
 
-    async def _transport_send(self, data: bytes) -> None:
+    async def _transport_send(self, data: bytes) -> bool:
+        """Send *data*; whether we waited (and so other tasks may have run)."""
         sock = self._direct_socket
         if sock is not None and (fd := sock.fileno()) >= 0:
             try:
                 sent = os.write(fd, data)
-            except OSError:  # would block, or failed: trio's send waits or reports it
+            except BlockingIOError:  # trio's send waits for room
                 sent = 0
+            except OSError as exc:  # reset, or the peer is gone: no need to ask trio again
+                self._send_broken = True
+                self._raise_send_failed(exc)
             if sent == len(data):
-                return
+                return False
             data = data[sent:]
         try:
             await self.transport_stream.send_all(data)
@@ -194,10 +213,20 @@ class TLSStream(trio.abc.Stream):
             # be sent after it safely.
             self._send_broken = True
             if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
-                if self._state is _State.CLOSED:
-                    raise trio.ClosedResourceError("this TLSStream was closed") from exc
-                raise trio.BrokenResourceError(f"transport failed while sending: {exc}") from exc
+                self._raise_send_failed(exc)
             raise
+        return True
+
+    def _raise_send_failed(self, exc: BaseException) -> NoReturn:
+        if self._state is _State.CLOSED:
+            raise trio.ClosedResourceError("this TLSStream was closed") from exc
+        raise trio.BrokenResourceError(f"transport failed while sending: {exc}") from exc
+
+    def _release_grown_buffers(self) -> None:
+        """Before waiting for the peer: give back the BIO memory a large read or send left."""
+        engine = self._engine
+        if engine.buffers_grown and not self._guard.busy:
+            engine.release_buffers()
 
     async def _receive_into_engine(self, max_bytes: int | None = None) -> tuple[int, bool]:
         """Read one chunk of ciphertext into the engine: its size, and whether we yielded.
@@ -221,12 +250,14 @@ class TLSStream(trio.abc.Stream):
             except OSError:
                 break
             waited = True
+            self._release_grown_buffers()
             try:
                 await trio.lowlevel.wait_readable(sock)
             except trio.ClosedResourceError:
                 raise trio.ClosedResourceError("this TLSStream was closed") from None
         if data is None:
             waited = True
+            self._release_grown_buffers()
             try:
                 data = await self.transport_stream.receive_some(size)
             except trio.ClosedResourceError:
@@ -235,10 +266,15 @@ class TLSStream(trio.abc.Stream):
                 if self._state is _State.OK:
                     self._state = _State.BROKEN
                 raise
-        if data:
-            await self._guard.inline(partial(self._engine.receive_bytes, data))
+        engine = self._engine
+        if self._guard.busy:
+            await self._guard.inline(
+                partial(engine.receive_bytes, data) if data else engine.receive_eof
+            )
+        elif data:
+            engine.receive_bytes(data)
         else:
-            await self._guard.inline(self._engine.receive_eof)
+            engine.receive_eof()
         return len(data), waited
 
     # -- handshake -------------------------------------------------------------
@@ -251,21 +287,21 @@ class TLSStream(trio.abc.Stream):
         The caller sets the deadline (servers and ``open_tls_stream`` do).
         """
         self._check_usable()
-        if self._handshake_done:
+        turn = self._handshake_lock
+        if self._handshake_done or turn is None:  # done (and the turn dropped)
             await trio.lowlevel.checkpoint()
             return
-        lock = self._handshake_lock
-        if lock is None:  # done, and the lock already dropped
-            await trio.lowlevel.checkpoint()
-            return
-        async with lock:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not turn.take_now():
+            await turn.take()
+        try:
             # Another task may have finished (or failed) it while we waited.
             self._check_usable()
             if not self._handshake_done:
                 await self._handshake_or_raise()
-                # Later callers see _handshake_done first; the lock's parking
-                # lot is per-connection memory an idle connection need not keep.
-                self._handshake_lock = None
+                self._handshake_lock = None  # later callers see _handshake_done first
+        finally:
+            turn.give_back()
 
     async def _handshake_or_raise(self) -> None:
         try:
@@ -291,6 +327,8 @@ class TLSStream(trio.abc.Stream):
         # data and gone. Sending is then broken; receiving is not.
         with _suppress_transport_errors():
             await self._flush()
+        if not guard.busy:  # the BIOs would keep the ClientHello's and the flight's buffers
+            self._engine.release_buffers()
         self._info = self._engine.peer_info(self.peer_address)
         self._handshake_done = True
 
@@ -321,8 +359,12 @@ class TLSStream(trio.abc.Stream):
             if not data:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
+            guard = self._guard
             try:
-                await self._guard.record(partial(self._engine.send, data), len(data))
+                if guard.busy or guard.offloads_records(len(data)):
+                    await guard.record(partial(self._engine.send, data), len(data))
+                else:
+                    self._engine.send(data)  # the common case, without a coroutine
             except TLSError as exc:
                 self._state = _State.BROKEN
                 raise trio.BrokenResourceError(str(exc)) from exc
@@ -343,8 +385,11 @@ class TLSStream(trio.abc.Stream):
             self._check_usable(sending=True)
             # A receive_some may be flushing an alert; wait for it rather
             # than report a conflict the caller did not cause.
-            async with self._send_lock:
+            await self._send_lock.take()
+            try:
                 await self.transport_stream.wait_send_all_might_not_block()
+            finally:
+                self._send_lock.give_back()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         with self._receive_conflict:
@@ -359,7 +404,7 @@ class TLSStream(trio.abc.Stream):
             if not self._handshake_done:
                 await self._implicit_handshake()
             data, yielded = await self._receive_plaintext(max_bytes)
-            if not (self._send_lock.locked() or self._send_broken):
+            if self._owes_bytes():
                 # Reading may have queued bytes for the peer (an alert, a
                 # KeyUpdate reply). If a send is in progress, its flush loop
                 # takes them; otherwise send them now.
@@ -385,20 +430,24 @@ class TLSStream(trio.abc.Stream):
         # thread at all: small reads never do, whatever arrived. (Locals
         # here stay alive while an idle connection waits: keep them few.)
         fed = 0
+        guard = self._guard
         while True:
             try:
-                data = await self._guard.record(
-                    partial(engine.receive, max_bytes),
-                    fed,
-                    in_thread=partial(engine.receive_many, max_bytes) if fed else None,
-                )
+                if guard.busy or (fed and guard.offloads_records(fed)):
+                    data = await guard.record(
+                        partial(engine.receive, max_bytes),
+                        fed,
+                        in_thread=partial(engine.receive_many, max_bytes) if fed else None,
+                    )
+                else:
+                    data = engine.receive(max_bytes)  # the common case, without a coroutine
             except TLSError as exc:
                 self._state = _State.BROKEN
                 await self._send_alert()
                 raise trio.BrokenResourceError(str(exc)) from exc
             if data is not None:
                 return data, yielded
-            if not (self._send_lock.locked() or self._send_broken):
+            if self._owes_bytes():
                 # Reading may have queued bytes that the peer waits for before
                 # it sends anything more (a refused renegotiation's alert).
                 await self._flush()
