@@ -10,9 +10,7 @@ message names the setting.
 from __future__ import annotations
 
 import enum
-import math
 import os
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,20 @@ from .errors import ConfigError
 from .networks import Network, address_in, parse_networks
 from .path_fields import OptionalPathField, PathInput, as_path, show_path_inputs
 from .psk import DEFAULT_PSK_CIPHERS, check_identity, check_key
+from .setting_checks import (
+    TLSVersion,
+    _alpn,
+    _ciphers,
+    _count,
+    _non_negative,
+    _optional_positive,
+    _password,
+    _positive,
+    _psk_keys,
+    _rate,
+    _set,
+    _versions,
+)
 
 __all__ = [
     "DEFAULT_DTLS_MTU",
@@ -39,8 +51,6 @@ __all__ = [
     "VerifyClient",
 ]
 
-TLSVersion = Literal["1.2", "1.3"]
-_VERSIONS: tuple[TLSVersion, ...] = ("1.2", "1.3")
 
 # TLS 1.2 suites: forward secret AEAD only (Mozilla's "intermediate" list).
 # TLS 1.3 suites are all AEAD and OpenSSL's defaults are already right.
@@ -67,69 +77,6 @@ class VerifyClient(enum.StrEnum):
     """Ask and refuse the handshake without a valid client certificate."""
 
 
-def _password(value: str | bytes | None, name: str) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    raise ConfigError(f"{name} must be a string, not {type(value).__name__}")
-
-
-def _positive(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)
-
-
-def _non_negative(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ConfigError(f"{name} must be 0 or a positive number of seconds, not {value!r}")
-    return float(value)
-
-
-def _optional_positive(value: float | None, name: str) -> float | None:
-    return None if value is None else _positive(value, name)
-
-
-def _rate(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number per second, not {value!r}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ConfigError(f"{name} must be 0 (no limit) or a positive number, not {value!r}")
-    return float(value)
-
-
-def _count(value: int, name: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, not {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
-    return value
-
-
-def _versions(minimum: str, maximum: str, owner: str) -> None:
-    for name, value in (("min_version", minimum), ("max_version", maximum)):
-        if value not in _VERSIONS:
-            raise ConfigError(
-                f"{owner}.{name} must be one of {', '.join(_VERSIONS)}, not {value!r}"
-            )
-    if _VERSIONS.index(minimum) > _VERSIONS.index(maximum):
-        raise ConfigError(f"{owner}.min_version {minimum} is above max_version {maximum}")
-
-
-def _alpn(protocols: tuple[str, ...], owner: str) -> tuple[str, ...]:
-    protocols = tuple(protocols)
-    for proto in protocols:
-        if not isinstance(proto, str) or not 0 < len(proto.encode()) < 256:
-            raise ConfigError(f"{owner}.alpn entries must be 1-255 byte strings, not {proto!r}")
-    return protocols
-
-
-# 1200 bytes fits any IPv6 path (1280) with room for the UDP and IP headers.
 DEFAULT_DTLS_MTU = 1200
 MIN_DTLS_MTU, MAX_DTLS_MTU = 512, 65507
 
@@ -160,28 +107,6 @@ def _proxy_networks(entries: object, enabled: object) -> tuple[Network, ...]:
             "refused; list the load balancers' addresses"
         )
     return networks
-
-
-def _set(obj: object, name: str, value: object) -> None:
-    # Frozen dataclasses normalise their own fields in __post_init__.
-    object.__setattr__(obj, name, value)
-
-
-def _psk_keys(keys: object) -> Mapping[str, bytes]:
-    if not isinstance(keys, Mapping):
-        raise ConfigError(f"psk_keys must map identities to keys, not {type(keys).__name__}")
-    checked = {
-        check_identity(identity, "psk_keys"): check_key(key, f"psk_keys[{identity!r}]")
-        for identity, key in keys.items()
-    }
-    # Read-only, and a copy: the caller's dict may change, these settings may not.
-    return types.MappingProxyType(checked)
-
-
-def _ciphers(value: object, name: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{name} must be an OpenSSL cipher list, not {value!r}")
-    return value
 
 
 def _identity_rules(settings: ServerSettings) -> ClientIdentityRules:
