@@ -52,8 +52,14 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package and on the code users copy: docs/examples/.
+
+    docs/examples/ holds the README's Python snippets too (readme_*.py;
+    tests/test_readme.py keeps them equal to the README), so what a user
+    pastes from the README type-checks as well.
+    """
     session.install("mypy>=1.10", ".[test]")
-    session.run("mypy", "--strict", "trio_tls_dtls")
+    session.run("mypy", "--strict", "trio_tls_dtls", "docs/examples")
 
 
 @nox.session(python=PYTHON)

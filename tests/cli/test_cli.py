@@ -54,8 +54,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
 def test_certs_writes_the_dev_pki(tmp_path: Path) -> None:
     assert main(["certs", "--dir", str(tmp_path / "pki")]) == 0
     names = sorted(p.name for p in (tmp_path / "pki").iterdir())
-    assert names == ["ca.pem", "client.key", "client.pem", "server.key", "server.pem"]
-    for key in ("server.key", "client.key"):
+    assert names == ["ca.key", "ca.pem", "client.key", "client.pem", "server.key", "server.pem"]
+    for key in ("ca.key", "server.key", "client.key"):
         assert (tmp_path / "pki" / key).stat().st_mode & 0o777 == 0o600
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,52 @@ async def test_flags_override_the_file(pki: PKIFiles, tmp_path: Path) -> None:
     async with serving(tmp_path, "--config", str(path), "--tls-only") as (_, banner):
         assert bound_port(banner, "tcp") > 1
         assert "on udp" not in banner
+
+
+def tree(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under *folder* with its size and modification time."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_check_config_writes_nothing(pki: PKIFiles, tmp_path: Path) -> None:
+    """check-config only reads: no key log file, no dev PKI, no folders, no cookie secret."""
+    shutil.copytree(pki.dir, tmp_path / "pki")
+    (tmp_path / "logs").mkdir()
+    path = write(
+        tmp_path,
+        'cert = "pki/server.pem"\nkey = "pki/server.key"\nca = "pki/ca.pem"\n'
+        'verify_client = "required"\nkeylog_file = "logs/keys.log"\n',
+    )
+    before = tree(tmp_path)
+    result = run_cli("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path) == before
+    assert not (tmp_path / "logs" / "keys.log").exists()
+
+
+def test_check_config_without_cert_makes_no_dev_pki(tmp_path: Path) -> None:
+    path = write(tmp_path, "port = 9443\n")
+    before = tree(tmp_path)
+    result = run_cli("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "would create a development PKI" in result.stdout
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("keylog", "fragment"),
+    [("missing/keys.log", "no such folder"), ("logs", "is a directory")],
+)
+def test_check_config_checks_the_key_log_path(
+    pki: PKIFiles, tmp_path: Path, keylog: str, fragment: str
+) -> None:
+    (tmp_path / "logs").mkdir()
+    path = write(
+        tmp_path,
+        f'cert = "{pki.server_cert}"\nkey = "{pki.server_key}"\nkeylog_file = "{keylog}"\n',
+    )
+    result = run_cli("check-config", str(path))
+    assert_one_line_error(result, "cannot open key log file", str(tmp_path / keylog), fragment)

@@ -4,7 +4,8 @@ Every key is a ``serve`` flag without its dashes, with ``_`` for ``-``:
 ``--handshake-timeout 5`` is ``handshake_timeout = 5``. Flags on the command
 line override the file. Two keys differ from their flags:
 ``protocols = ["tls", "dtls"]`` (``--tls-only`` / ``--dtls-only``) and
-``session_tickets = false`` (``--no-session-tickets``). Relative paths are
+``session_tickets = false`` (``--no-session-tickets``). The one table is
+``[[sni]]`` (``--sni``; see :mod:`.sni_option`). Relative paths are
 relative to the file's folder. Example::
 
     host = "0.0.0.0"
@@ -41,6 +42,7 @@ from ..core.settings import (
     MIN_DTLS_MTU,
     VerifyClient,
 )
+from .sni_option import check_sni_tables
 from .targets import parse_target
 
 __all__ = ["DEFAULTS", "load_config_file", "render_options"]
@@ -93,6 +95,7 @@ DEFAULTS: dict[str, Any] = {
     "health_host": "127.0.0.1",
     "proxy_protocol": False,
     "proxy_trusted": list(DEFAULT_PROXY_TRUSTED),
+    "sni": [],  # [[sni]] tables: see .sni_option
 }
 """Every serve option and its default."""
 
@@ -198,6 +201,13 @@ def _host_port(value: object, base: Path) -> str:
     return text
 
 
+def _sni(value: object, base: Path) -> list[dict[str, Any]]:
+    try:
+        return check_sni_tables(value, base)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+
+
 def _workers(value: object, base: Path) -> int | str:
     if value == "auto":
         return "auto"
@@ -252,6 +262,7 @@ _CHECKS: dict[str, Callable[[object, Path], Any]] = {
     "health_host": _string,
     "proxy_protocol": _bool,
     "proxy_trusted": _networks,
+    "sni": _sni,
 }
 assert _CHECKS.keys() == DEFAULTS.keys()
 
@@ -311,5 +322,7 @@ def _toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table: [[sni]] entries
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'

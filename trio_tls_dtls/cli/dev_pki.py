@@ -1,8 +1,12 @@
 """A development PKI made with ``cryptography``: one CA, a server and a client.
 
-``trio-tlsd certs`` and ``trio-tlsd serve`` (on first run) write it to disk;
-the test suite makes a fresh one per run in memory. None of it is meant for
-production: the CA key sits next to the certificates it signs.
+``trio-tlsd certs`` and ``trio-tlsd serve`` (on first run) write it to disk,
+the CA's key included (``ca.key``, mode 0600), so that ``trio-tlsd certs
+issue`` can sign more certificates from it later (:func:`load_dev_ca`,
+:func:`issue_certificate`): SNI names, more clients. The test suite makes a
+fresh PKI per run in memory. None of it is meant for production: the CA key
+sits next to the certificates it signs, and anyone who can read it can mint
+certificates this CA's clients and servers trust.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, TLSDError
 
 __all__ = [
+    "CA_KEY_FILE",
     "DEFAULT_CERT_DIR",
     "DEFAULT_SERVER_NAMES",
     "DEV_PKI_FILES",
@@ -32,8 +37,11 @@ __all__ = [
     "PrivateKey",
     "ensure_dev_pki",
     "generate_key",
+    "issue_certificate",
+    "load_dev_ca",
     "make_dev_pki",
     "write_dev_pki",
+    "write_issued",
 ]
 
 KeyType = Literal["ec", "rsa"]
@@ -129,6 +137,8 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _general_name(name: str) -> x509.GeneralName:
+    if "://" in name:  # spiffe://trust-domain/workload and other URIs
+        return x509.UniformResourceIdentifier(name)
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
@@ -230,17 +240,18 @@ def _write(path: Path, data: bytes, *, private: bool) -> None:
 
 
 def write_dev_pki(directory: str | os.PathLike[str], pki: DevPKI) -> dict[str, Path]:
-    """Write *pki* as ``ca.pem``, ``server.pem``, ``server.key``, ``client.pem``, ``client.key``.
+    """Write *pki* as ``ca.pem``, ``ca.key``, ``server.pem``, ``server.key``, ``client.pem``,
+    ``client.key``.
 
     Returns the paths written, keyed by those file names; a folder or file
     that cannot be made is a one-line
-    :class:`~trio_tls_dtls.core.errors.ConfigError`. The CA's own key is
-    not written: nothing in the service needs it, and not having it on disk
-    means a leaked ``certs/`` folder cannot be used to mint new certificates.
+    :class:`~trio_tls_dtls.core.errors.ConfigError`. Keys are mode 0600.
+    The service never reads ``ca.key``; ``trio-tlsd certs issue`` does.
     """
     folder = _make_folder(Path(directory))
     files = {
         "ca.pem": (pki.ca.cert_pem, False),
+        CA_KEY_FILE: (pki.ca.key_pem, True),
         "server.pem": (pki.server.cert_pem, False),
         "server.key": (pki.server.key_pem, True),
         "client.pem": (pki.client.cert_pem, False),
@@ -270,6 +281,9 @@ def _make_folder(folder: Path) -> Path:
 
 
 DEV_PKI_FILES = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+"""What ``serve`` needs of a development PKI (``ca.key``, kept since issue 16, is optional)."""
+
+CA_KEY_FILE = "ca.key"
 
 
 def ensure_dev_pki(directory: str | os.PathLike[str], *, key_type: KeyType = "ec") -> bool:
@@ -289,3 +303,81 @@ def ensure_dev_pki(directory: str | os.PathLike[str], *, key_type: KeyType = "ec
         )
     write_dev_pki(folder, make_dev_pki(key_type=key_type))
     return True
+
+
+def load_dev_ca(directory: str | os.PathLike[str]) -> Issued:
+    """The development CA in *directory* (``ca.pem`` and ``ca.key``), to issue more from.
+
+    Raises TLSDError, saying what to do, when either file is missing, unreadable,
+    or the key is not the certificate's.
+    """
+    folder = Path(directory)
+    cert_path, key_path = folder / "ca.pem", folder / CA_KEY_FILE
+    if not cert_path.exists():
+        raise TLSDError(
+            f"{cert_path} not found: make a development CA first with "
+            f"'trio-tlsd certs --dir {folder}'"
+        )
+    if not key_path.exists():
+        raise TLSDError(
+            f"{key_path} not found: issuing needs the development CA's key (a folder "
+            "made by an older trio-tlsd has none); "
+            f"'trio-tlsd certs --dir {folder} --force' makes a new CA and replaces every "
+            "certificate in the folder"
+        )
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise TLSDError(f"cannot read CA certificate {cert_path}: {_reason(exc)}") from None
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise TLSDError(f"cannot read CA key {key_path}: {_reason(exc)}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) or _spki(
+        key.public_key()
+    ) != _spki(cert.public_key()):
+        raise TLSDError(f"CA key {key_path} does not match CA certificate {cert_path}")
+    return Issued(cert, key)
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split("\n")[0]
+
+
+def _spki(public_key: object) -> bytes:
+    assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def issue_certificate(
+    ca: Issued,
+    name: str,
+    *,
+    client: bool = False,
+    sans: Sequence[str] = (),
+    key_type: KeyType = "ec",
+) -> Issued:
+    """A certificate for *name* signed by *ca*.
+
+    A server certificate names *name* and *sans* (DNS names, IP addresses,
+    URIs) in its subjectAltName; a client certificate has *name* as its
+    common name and *sans* (e.g. a SPIFFE ID) as its subjectAltName.
+    """
+    names = list(sans) if client else list(dict.fromkeys([name, *sans]))
+    return _issue(ca, name, names, server=not client, key_type=key_type)
+
+
+def write_issued(
+    directory: str | os.PathLike[str], stem: str, issued: Issued, *, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write *issued* as ``STEM.pem`` and ``STEM.key`` (0600); refuse to overwrite unless told."""
+    folder = Path(directory)
+    cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
+    existing = [str(p) for p in (cert_path, key_path) if p.exists()]
+    if existing and not overwrite:
+        raise TLSDError(f"{' and '.join(existing)} already exist; use --force to overwrite")
+    _write(key_path, issued.key_pem, private=True)
+    _write(cert_path, issued.cert_pem, private=False)
+    return cert_path, key_path

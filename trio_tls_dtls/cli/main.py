@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="logging threshold (default: info)",
     )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # Not required=True: argparse would then say only "the following
+    # arguments are required: command"; main() prints the usage instead.
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     certs_command.add_parser(commands)
     serve_flags.add_parser(commands)
     cookie_secret_command.add_parser(commands)
@@ -68,6 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trio-tlsd`` and ``python -m trio_tls_dtls``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        # Bare `trio-tlsd`: what it takes, and where to read more.
+        parser.print_usage(sys.stderr)
+        print(
+            f"{parser.prog}: error: no command given; "
+            f"run '{parser.prog} --help' for the commands, '{parser.prog} COMMAND --help' for one",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     _configure_logging(args.log_level)
     try:
         result: int = args.run(args)

@@ -124,6 +124,8 @@ async def _announce(options: dict[str, Any], dev: bool, serving: Serving) -> Non
         status_line(f"{serving.who}: serving {_what(options, service)}: {service.describe()}"),
         file=sys.stderr,
     )
+    for sni in service.settings.sni_certificates:
+        logger.info("SNI: %s get %s", ", ".join(sni.server_names), sni.cert_file)
     if service.dtls is not None:
         logger.info("DTLS cookie secret fingerprint %s", service.dtls.cookies.fingerprint)
     if service.tls is not None and service.settings.proxy_protocol:
@@ -151,17 +153,32 @@ def _what(options: dict[str, Any], service: Service) -> str:
 
 
 def connect_hint(port: int, settings: ServerSettings, dev: bool, *, dtls: bool = False) -> str:
-    """The openssl s_client command line that connects to this server."""
+    """How to connect to this server: an ``openssl s_client`` command line, as a rule.
+
+    With client certificates asked for, the command passes one: the
+    development PKI's, or placeholders for yours. With the PROXY protocol on,
+    a direct TLS client is refused (it sends no header), so the TLS hint
+    says to go through the load balancer instead.
+    """
+    if settings.proxy_protocol and not dtls:
+        return (
+            "your load balancer, not this port: TLS here must start with a PROXY protocol "
+            "header, which openssl s_client does not send (see docs/howto/proxy-protocol)"
+        )
     parts = ["openssl s_client"]
     if dtls:
         parts.append("-dtls1_2")
     parts.append(f"-connect localhost:{port} -servername localhost")
     if dev:
         parts.append(f"-CAfile {DEFAULT_CERT_DIR / 'ca.pem'} -verify_return_error")
-        if settings.verify_client is not VerifyClient.NONE:
-            parts.append(
-                f"-cert {DEFAULT_CERT_DIR / 'client.pem'} -key {DEFAULT_CERT_DIR / 'client.key'}"
-            )
+    if settings.verify_client is not VerifyClient.NONE:
+        dev_ca = dev and settings.ca_file == DEFAULT_CERT_DIR / "ca.pem"
+        cert, key = (
+            (DEFAULT_CERT_DIR / "client.pem", DEFAULT_CERT_DIR / "client.key")
+            if dev_ca
+            else ("CLIENT.pem", "CLIENT.key")  # yours, signed by the --ca file
+        )
+        parts.append(f"-cert {cert} -key {key}")
     return " ".join(parts)
 
 

@@ -17,6 +17,7 @@ from ..core.settings import DEFAULT_DTLS_MTU, VerifyClient
 from . import flag_values as values
 from . import serve_command
 from .config_file import DEFAULT_PORT
+from .sni_option import parse_sni_flag
 
 __all__ = ["add_parser"]
 
@@ -52,6 +53,14 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="S",
         help="look at the certificate, key, CA and OCSP files every S seconds and reload "
         "when they change (default: 10; 0 = only on SIGHUP)",
+    )
+    p.add_argument(
+        "--sni",
+        type=parse_sni_flag,
+        action="append",
+        metavar="NAME=CERT,KEY",
+        help="serve this certificate to clients asking for server NAME (*.example.com "
+        "matches one label); repeatable; others get --cert",
     )
     p.add_argument("--ca", type=Path, help="CA file that signs client certificates")
     p.add_argument(

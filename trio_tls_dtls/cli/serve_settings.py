@@ -24,6 +24,7 @@ from ..service.forward import forward_tcp, forward_udp
 from ..service.privileges import Identity, resolve_identity
 from .config_file import DEFAULTS, load_config_file
 from .dev_pki import DEFAULT_CERT_DIR, ensure_dev_pki
+from .sni_option import merge_sni_flags, sni_certificates
 from .targets import parse_target
 
 __all__ = [
@@ -52,6 +53,8 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
         options["protocols"] = ["tls"]
     if getattr(args, "dtls_only", False):
         options["protocols"] = ["dtls"]
+    if "sni" in flags:  # the flags replace the file's [[sni]] tables
+        options["sni"] = merge_sni_flags(flags["sni"])
     return options
 
 
@@ -105,6 +108,7 @@ def settings_from(options: dict[str, Any], *, make_dev_pki: bool) -> tuple[Serve
             _read_password(options["key_password_file"]),
             ocsp_staple_file=options["ocsp_staple"],
         ),
+        sni_certificates=sni_certificates(options["sni"]),
         ca_file=ca,
         verify_client=VerifyClient(options["verify_client"]),
         crl_file=options["crl_file"],

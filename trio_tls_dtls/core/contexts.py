@@ -288,7 +288,7 @@ def build_certificates(
     files = _ServerFiles.load(settings)
     default = _server_context_for(settings, settings.certificate, dtls, keylog, files)
     by_name = tuple(
-        (sni.server_names, _server_context_for(settings, sni, dtls, keylog, files))
+        (sni.server_names, _sni_context_for(settings, sni, dtls, keylog, files))
         for sni in settings.sni_certificates
     )
     return Certificates(default, by_name, files)
@@ -311,6 +311,19 @@ def build_front_context(
     ctx = _server_context_for(settings, None, dtls, keylog, files)
     ctx.set_tlsext_servername_callback(switch)
     return ctx
+
+
+def _sni_context_for(
+    settings: ServerSettings,
+    cert: CertificateSettings,
+    dtls: bool,
+    keylog: KeyLog | None,
+    files: _ServerFiles,
+) -> SSL.Context:
+    try:
+        return _server_context_for(settings, cert, dtls, keylog, files)
+    except ConfigError as exc:  # say which of several certificates is at fault
+        raise ConfigError(f"SNI certificate for {', '.join(cert.server_names)}: {exc}") from None
 
 
 def build_server_context(settings: ServerSettings, *, dtls: bool = False) -> SSL.Context:

@@ -31,7 +31,13 @@ from .dtls_records import ClientHello, cookie_input
 from .errors import CookieError
 from .peer_info import Address
 
-__all__ = ["COOKIE_SIZE", "MIN_SECRET_SIZE", "CookieSecrets", "write_secret_file"]
+__all__ = [
+    "COOKIE_SIZE",
+    "MIN_SECRET_SIZE",
+    "CookieSecrets",
+    "new_secret_text",
+    "write_secret_file",
+]
 
 COOKIE_SIZE = 32
 MIN_SECRET_SIZE = 32
@@ -141,6 +147,11 @@ def _decode_secret(raw: bytes) -> bytes:
     return raw
 
 
+def new_secret_text() -> str:
+    """A new random master secret as the files hold it: hex, one line."""
+    return secrets.token_hex(MIN_SECRET_SIZE) + "\n"
+
+
 def write_secret_file(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write a new random master secret to *path* as hex, readable by its owner only."""
     path = Path(path)
@@ -152,5 +163,5 @@ def write_secret_file(path: str | os.PathLike[str], *, overwrite: bool = False) 
     except OSError as exc:
         raise CookieError(f"cannot write cookie secret file {path}: {exc.strerror}") from None
     with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_hex(MIN_SECRET_SIZE) + "\n")
+        file.write(new_secret_text())
     return path

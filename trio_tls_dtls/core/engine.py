@@ -40,8 +40,8 @@ def openssl_reason(exc: BaseException) -> str:
         return "unexpected EOF" if exc.args and exc.args[0] == -1 else str(exc)
     reasons: list[str] = []
     for entry in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
-        if isinstance(entry, tuple) and entry and entry[-1]:
-            reasons.append(str(entry[-1]))
+        if isinstance(entry, tuple) and entry and entry[-1]:  # OpenSSL 3 says "ssl/tls alert"
+            reasons.append(str(entry[-1]).removeprefix("ssl/"))
     return "; ".join(dict.fromkeys(reasons)) or (str(exc) or type(exc).__name__)
 
 

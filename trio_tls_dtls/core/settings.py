@@ -16,11 +16,12 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .client_identity import ClientIdentityRules
 from .errors import ConfigError
 from .networks import Network, address_in, parse_networks
+from .path_fields import OptionalPathField, PathInput, as_path, show_path_inputs
 from .psk import DEFAULT_PSK_CIPHERS, check_identity, check_key
 
 __all__ = [
@@ -64,16 +65,6 @@ class VerifyClient(enum.StrEnum):
     """Ask; a client may decline, but a certificate it does send must verify."""
     REQUIRED = "required"
     """Ask and refuse the handshake without a valid client certificate."""
-
-
-def _path(value: str | os.PathLike[str], name: str) -> Path:
-    if isinstance(value, str | os.PathLike):
-        return Path(value)
-    raise ConfigError(f"{name} must be a path, not {type(value).__name__}")
-
-
-def _optional_path(value: str | os.PathLike[str] | None, name: str) -> Path | None:
-    return None if value is None else _path(value, name)
 
 
 def _password(value: str | bytes | None, name: str) -> bytes | None:
@@ -205,6 +196,7 @@ def _identity_rules(settings: ServerSettings) -> ClientIdentityRules:
     return rules
 
 
+@show_path_inputs("cert_file", "key_file")
 @dataclass(frozen=True)
 class CertificateSettings:
     """A certificate chain file and its private key, for one or more server names.
@@ -214,19 +206,33 @@ class CertificateSettings:
     ``ocsp_staple_file`` is a DER OCSP response for this certificate, stapled
     to handshakes whose client asks for it; it is read (like the certificate)
     whenever the contexts are built, so a reload picks up a refreshed file.
+    Paths may be given as ``str`` or any ``os.PathLike``; they are held as
+    :class:`~pathlib.Path` (and ``key_password`` as bytes).
     """
 
     cert_file: Path
     key_file: Path
     key_password: bytes | None = field(default=None, repr=False)
     server_names: tuple[str, ...] = ()
-    ocsp_staple_file: Path | None = None
+    ocsp_staple_file: OptionalPathField = OptionalPathField()
+
+    if TYPE_CHECKING:
+        # What type checkers see: paths as str or os.PathLike, a str password
+        # (both converted below). tests/core/test_path_fields.py keeps it in
+        # step with the fields.
+        def __init__(
+            self,
+            cert_file: PathInput,
+            key_file: PathInput,
+            key_password: str | bytes | None = None,
+            server_names: tuple[str, ...] = (),
+            ocsp_staple_file: PathInput | None = None,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
-        _set(self, "cert_file", _path(self.cert_file, "cert_file"))
-        _set(self, "key_file", _path(self.key_file, "key_file"))
+        _set(self, "cert_file", as_path(self.cert_file, "cert_file"))
+        _set(self, "key_file", as_path(self.key_file, "key_file"))
         _set(self, "key_password", _password(self.key_password, "key_password"))
-        _set(self, "ocsp_staple_file", _optional_path(self.ocsp_staple_file, "ocsp_staple_file"))
         names = tuple(n.lower().rstrip(".") for n in self.server_names)
         _set(self, "server_names", names)
 
@@ -253,6 +259,7 @@ class OffloadSettings:
         _count(self.max_threads, "offload.max_threads")
 
 
+@show_path_inputs()
 @dataclass(frozen=True, kw_only=True)
 class ServerSettings:
     """Everything a TLS (and DTLS) server needs; only the certificate is required.
@@ -261,11 +268,14 @@ class ServerSettings:
     chosen instead when the client's server name matches one of their
     ``server_names``. A server with pre-shared keys (``psk_file`` or
     ``psk_keys``) may have no certificate: it then serves PSK clients only.
+    Paths (``ca_file``, ``keylog_file``, ``psk_file``, ``crl_file``,
+    ``cookie_secret_file``) may be given as ``str`` or any ``os.PathLike``;
+    they are held as :class:`~pathlib.Path`.
     """
 
     certificate: CertificateSettings | None = None
     sni_certificates: tuple[CertificateSettings, ...] = ()
-    ca_file: Path | None = None
+    ca_file: OptionalPathField = OptionalPathField()
     verify_client: VerifyClient = VerifyClient.NONE
     min_version: TLSVersion = "1.2"
     max_version: TLSVersion = "1.3"
@@ -280,9 +290,9 @@ class ServerSettings:
     reload_interval: float = 10.0
     """Seconds between looks at the files a reload reads (certificates, keys,
     CA, CRL, PSK, OCSP), to reload when they change; 0 = only on SIGHUP."""
-    keylog_file: Path | None = None
+    keylog_file: OptionalPathField = OptionalPathField()
     # Pre-shared keys, TLS 1.2/1.3 and DTLS 1.2 (see core/psk.py, docs/howto/psk.rst).
-    psk_file: Path | None = None
+    psk_file: OptionalPathField = OptionalPathField()
     """``IDENTITY:HEXKEY`` lines; read (and re-read on reload) when the contexts are built."""
     psk_keys: Mapping[str, bytes] = field(default_factory=dict, repr=False, hash=False)
     """Identity → key, for applications that keep keys elsewhere (merged with ``psk_file``)."""
@@ -294,7 +304,7 @@ class ServerSettings:
     """Client certificate subjects admitted (RFC 4514, as the access log prints them)."""
     allow_client_sans: tuple[str, ...] = ()
     """DNS names (``*.example.com``) and URIs (``spiffe://domain/path/*``) admitted."""
-    crl_file: Path | None = None
+    crl_file: OptionalPathField = OptionalPathField()
     """CRLs (PEM or DER) from the CAs in ``ca_file``; client certificates are checked."""
     _identity_rules: ClientIdentityRules = field(
         default=ClientIdentityRules((), ()), init=False, repr=False, compare=False, hash=False
@@ -333,11 +343,10 @@ class ServerSettings:
     mtu: int = DEFAULT_DTLS_MTU
     max_peers: int = 1024
     peer_queue_size: int = 64
-    cookie_secret_file: Path | None = None
+    cookie_secret_file: OptionalPathField = OptionalPathField()
     cookie_rotation: float = 60.0
 
     def __post_init__(self) -> None:
-        _set(self, "psk_file", _optional_path(self.psk_file, "psk_file"))
         _set(self, "psk_keys", _psk_keys(self.psk_keys))
         if self.psk_identity_hint is not None:
             check_identity(self.psk_identity_hint, "psk_identity_hint")
@@ -352,7 +361,6 @@ class ServerSettings:
             if not sni.server_names:
                 raise ConfigError(f"SNI certificate {sni.cert_file} lists no server_names")
         _set(self, "sni_certificates", tuple(self.sni_certificates))
-        _set(self, "ca_file", _optional_path(self.ca_file, "ca_file"))
         try:
             _set(self, "verify_client", VerifyClient(self.verify_client))
         except ValueError:
@@ -366,7 +374,6 @@ class ServerSettings:
             )
         _versions(self.min_version, self.max_version, "server")
         _set(self, "alpn", _alpn(self.alpn, "server"))
-        _set(self, "keylog_file", _optional_path(self.keylog_file, "keylog_file"))
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
         _set(self, "idle_timeout", _optional_positive(self.idle_timeout, "idle_timeout"))
         lifetime = _optional_positive(self.max_connection_lifetime, "max_connection_lifetime")
@@ -391,16 +398,10 @@ class ServerSettings:
         _mtu(self.mtu)
         _count(self.max_peers, "max_peers")
         _count(self.peer_queue_size, "peer_queue_size")
-        _set(
-            self,
-            "cookie_secret_file",
-            _optional_path(self.cookie_secret_file, "cookie_secret_file"),
-        )
         _set(self, "cookie_rotation", _positive(self.cookie_rotation, "cookie_rotation"))
         networks = _proxy_networks(self.proxy_trusted, self.proxy_protocol)
         _set(self, "proxy_trusted", tuple(str(net) for net in networks))
         _set(self, "_proxy_networks", networks)
-        _set(self, "crl_file", _optional_path(self.crl_file, "crl_file"))
         _set(self, "allow_client_subjects", tuple(self.allow_client_subjects))
         _set(self, "allow_client_sans", tuple(self.allow_client_sans))
         _set(self, "_identity_rules", _identity_rules(self))
@@ -424,10 +425,11 @@ class ServerSettings:
         **options: object,
     ) -> ServerSettings:
         """Shorthand: ``ServerSettings.from_files("server.pem", "server.key", ...)``."""
-        cert = CertificateSettings(Path(cert_file), Path(key_file), _password(key_password, "key"))
+        cert = CertificateSettings(cert_file, key_file, _password(key_password, "key"))
         return cls(certificate=cert, **options)  # type: ignore[arg-type]
 
 
+@show_path_inputs()
 @dataclass(frozen=True, kw_only=True)
 class ClientSettings:
     """How a client verifies servers and, for mutual TLS, proves who it is.
@@ -437,14 +439,15 @@ class ClientSettings:
     ``request_ocsp`` asks the server for a stapled OCSP response and checks
     it (the verdict is ``PeerInfo.ocsp``);
     ``require_ocsp`` also fails the handshake unless the staple is present,
-    valid and GOOD.
+    valid and GOOD. Paths may be given as ``str`` or any ``os.PathLike``;
+    they are held as :class:`~pathlib.Path`.
     ``psk_identity`` and ``psk_key`` (both or neither) offer a pre-shared key:
     the ``psk_ciphers`` are then offered first, and a TLS 1.3 ClientHello
     carries the key too (a server that does not know it answers with its
     certificate, which is verified as usual).
     """
 
-    ca_file: Path | None = None
+    ca_file: OptionalPathField = OptionalPathField()
     certificate: CertificateSettings | None = None
     verify: bool = True
     check_hostname: bool = True
@@ -452,7 +455,7 @@ class ClientSettings:
     max_version: TLSVersion = "1.3"
     ciphers: str = DEFAULT_TLS12_CIPHERS
     alpn: tuple[str, ...] = ()
-    keylog_file: Path | None = None
+    keylog_file: OptionalPathField = OptionalPathField()
     handshake_timeout: float = 10.0
     request_ocsp: bool = False
     require_ocsp: bool = False
@@ -470,12 +473,10 @@ class ClientSettings:
     )
 
     def __post_init__(self) -> None:
-        _set(self, "ca_file", _optional_path(self.ca_file, "ca_file"))
         if self.certificate is not None and not isinstance(self.certificate, CertificateSettings):
             raise ConfigError("certificate must be a CertificateSettings or None")
         _versions(self.min_version, self.max_version, "client")
         _set(self, "alpn", _alpn(self.alpn, "client"))
-        _set(self, "keylog_file", _optional_path(self.keylog_file, "keylog_file"))
         _set(self, "handshake_timeout", _positive(self.handshake_timeout, "handshake_timeout"))
         if self.require_ocsp:
             _set(self, "request_ocsp", True)
