@@ -17,6 +17,7 @@ which code serves, and on which OpenSSL (pyOpenSSL's, from the
 from __future__ import annotations
 
 import gzip
+import os
 import platform
 from collections.abc import Iterator
 
@@ -28,9 +29,12 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from .. import __version__
 from .http_endpoint import Request, Response
 
-__all__ = ["BuildInfo", "exposition_response", "openssl_version"]
+__all__ = ["PID_HEADER", "BuildInfo", "exposition_response", "openssl_version"]
 
 PREFIX = "trio_tlsd_"
+PID_HEADER = "X-Worker-Pid"
+"""Names the process that made a ``/metrics`` answer (the supervisor of
+``--workers`` tells a restarted worker from its predecessor by it)."""
 # Below this, gzip's header and the CPU cost more than the bytes saved.
 _GZIP_MIN = 512
 
@@ -57,7 +61,10 @@ def exposition_response(registry: CollectorRegistry, request: Request) -> Respon
     """*registry* in the format *request* accepts, gzipped if it accepts that."""
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
     body = encoder(registry)
-    headers: tuple[tuple[str, str], ...] = (("Vary", "Accept, Accept-Encoding"),)
+    headers: tuple[tuple[str, str], ...] = (
+        ("Vary", "Accept, Accept-Encoding"),
+        (PID_HEADER, str(os.getpid())),
+    )
     if _accepts_gzip(request.headers.get("accept-encoding", "")) and len(body) >= _GZIP_MIN:
         body = gzip.compress(body, compresslevel=6)
         headers += (("Content-Encoding", "gzip"),)
