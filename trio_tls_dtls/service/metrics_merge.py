@@ -90,19 +90,32 @@ def _as_metric(family: Family) -> Metric:
 
 
 class Retired:
-    """Per slot, the counters of the processes that served it before (see the module docstring)."""
+    """Per slot, the counters of the processes that served it before (see the module docstring).
+
+    During a reload a slot's old and new workers both accept for a moment,
+    so answers may come from the old process again after the new one's: an
+    answer from a process already retired is not counted again; the last
+    answer of the slot's current process stands in for it.
+    """
 
     def __init__(self) -> None:
         self._last: dict[int, tuple[int, Exposition]] = {}  # slot -> (pid, last scrape)
         self._baseline: dict[int, Exposition] = {}  # slot -> what its past processes counted
+        self._retired: dict[int, set[int]] = {}  # slot -> pids carried into the baseline
 
     def carry(self, slot: int, pid: int, scraped: Exposition) -> Exposition:
         """*scraped* from *slot*'s process *pid*, with the slot's past processes' counters added."""
+        retired = self._retired.setdefault(slot, set())
         last = self._last.get(slot)
-        if last is not None and last[0] != pid:
+        if pid in retired and last is not None:
+            scraped = last[1]
+        elif last is not None and last[0] != pid:
             base = self._baseline.get(slot, {})
             self._baseline[slot] = _as_exposition(merge([base, _monotonic(last[1])]))
-        self._last[slot] = (pid, scraped)
+            retired.add(last[0])
+            self._last[slot] = (pid, scraped)
+        else:
+            self._last[slot] = (pid, scraped)
         past = self._baseline.get(slot)
         if past is None:
             return scraped
