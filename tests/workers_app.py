@@ -22,6 +22,7 @@ from trio_tls_dtls.core.peer_info import PeerInfo
 from trio_tls_dtls.drivers.dtls.channel import DTLSChannel
 from trio_tls_dtls.drivers.tls.stream import TLSStream
 from trio_tls_dtls.service import workers
+from trio_tls_dtls.service.serving_process import OperatorPorts
 from trio_tls_dtls.service.workers import serve_workers
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> int:
         tls_handler=tls_pid_then_echo,
         dtls_handler=dtls_pid_then_echo,
         max_restarts=5,
-        metrics_port=metrics_port,
+        operator=OperatorPorts(metrics_port=metrics_port),
     )
 
 
