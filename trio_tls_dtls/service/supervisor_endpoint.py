@@ -28,7 +28,10 @@ The supervisor runs no event loop (it waits for signals and children), so
 the endpoint runs in a few threads: one accepting per listening socket, a
 small pool answering. They hold no lock a forked worker could inherit held:
 they neither print nor log while serving, and the worker closes the
-endpoint's sockets first thing.
+endpoint's sockets first thing. A fork copies every descriptor, the
+connections being answered included: so an answer ends with ``shutdown()``
+(the end of the stream reaches the client even while a new worker still
+holds a copy), and the worker closes its copies of those too.
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ class SupervisorEndpoint:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(_ANSWERING_THREADS, thread_name_prefix="metrics")
         self._threads: list[threading.Thread] = []
+        self._answering: set[socket.socket] = set()  # to close in a forked worker
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Merged(self))
         registry.register(BuildInfo())
@@ -157,8 +161,12 @@ class SupervisorEndpoint:
         self.close()
 
     def close(self) -> None:
-        """Close this process's copies of the listeners (a worker does, first thing)."""
-        for sock in self.listeners:
+        """Close this process's copies of the listeners and of the connections being answered.
+
+        A forked worker does this first thing. No lock: the threads that
+        use these sets do not exist in the child.
+        """
+        for sock in [*self.listeners, *self._answering]:
             sock.close()
 
     # -- serving -------------------------------------------------------------------
@@ -176,7 +184,15 @@ class SupervisorEndpoint:
             self._pool.submit(self._answer, conn)
 
     def _answer(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
+        self._answering.add(conn)
+        try:
+            self._answer_on(conn)
+        finally:
+            self._answering.discard(conn)
+            conn.close()
+
+    def _answer_on(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
             conn.settimeout(REQUEST_TIMEOUT)
             data = b""
             while b"\r\n\r\n" not in data and len(data) < MAX_REQUEST:
@@ -188,6 +204,7 @@ class SupervisorEndpoint:
             response = route(self._routes, request)
             head_only = request is not None and request.method == "HEAD"
             conn.sendall(render(response, head_only=head_only))
+            conn.shutdown(socket.SHUT_RDWR)  # the end, even if a forked worker holds a copy
 
     def _ask_all(self, path: str) -> list[SlotAnswer]:
         # Its own threads: the answering pool may be busy with this very request.
