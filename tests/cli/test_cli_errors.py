@@ -220,6 +220,13 @@ def test_certs_dir_under_a_file_or_on_a_file_or_unmakeable(tmp_path: Path) -> No
     assert_one_line_error(run_cli("certs", "--dir", "/proc/pki"), "/proc/pki")
 
 
+def test_certs_issue_onto_a_directory(tmp_path: Path) -> None:
+    assert run_cli("certs", "--dir", str(tmp_path)).returncode == 0
+    (tmp_path / "api.example.pem").mkdir()
+    result = run_cli("certs", "issue", "api.example", "--dir", str(tmp_path), "--force")
+    assert_one_line_error(result, "cannot write", str(tmp_path / "api.example.pem"))
+
+
 def test_certs_dir_under_a_missing_folder_makes_the_folders(tmp_path: Path) -> None:
     folder = tmp_path / "missing" / "deeper" / "pki"
     result = run_cli("certs", "--dir", str(folder))

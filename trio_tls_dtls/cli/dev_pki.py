@@ -378,6 +378,12 @@ def write_issued(
     existing = [str(p) for p in (cert_path, key_path) if p.exists()]
     if existing and not overwrite:
         raise TLSDError(f"{' and '.join(existing)} already exist; use --force to overwrite")
-    _write(key_path, issued.key_pem, private=True)
-    _write(cert_path, issued.cert_pem, private=False)
+    for path, data, private in (
+        (key_path, issued.key_pem, True),
+        (cert_path, issued.cert_pem, False),
+    ):
+        try:
+            _write(path, data, private=private)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
     return cert_path, key_path
