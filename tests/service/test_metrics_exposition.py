@@ -256,6 +256,19 @@ async def test_one_endpoint_adds_up_both_workers(pki: PKIFiles) -> None:
         assert value(found, name, file=str(pki.server_cert), subject=subject) == not_after
         assert await get(metrics, "/readyz") == (200, _any_headers(), b"ready: 2 workers\n")
         assert (await get(metrics, "/healthz"))[0] == 200
+        # The supervisor's endpoint threads block the signals it waits for in
+        # its main thread: a SIGTERM or SIGHUP given to one of them would
+        # otherwise end the supervisor. (The main thread's own mask reads as
+        # empty while it sits in sigtimedwait, which unblocks what it waits for.)
+        supervisor = running.process.pid
+        tasks = os.listdir(f"/proc/{supervisor}/task")
+        threads = [Path(f"/proc/{supervisor}/task/{t}") for t in tasks if t != str(supervisor)]
+        assert threads  # the endpoint's
+        for task in threads:
+            status = (task / "status").read_text()
+            blocked = int(re.search(r"SigBlk:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
+            for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+                assert blocked & (1 << (signum - 1)), (task, signum)
         status, headers, body = await get(metrics, method="HEAD")
         assert (status, body) == (200, b"")
         status, headers, body = await get(

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -144,13 +145,21 @@ class SupervisorEndpoint:
         return int(self.listeners[0].getsockname()[1])
 
     def start(self) -> None:
-        for sock in self.listeners:
-            sock.settimeout(_ACCEPT_POLL)
-            thread = threading.Thread(
-                target=self._accept_loop, args=(sock,), name="metrics-accept", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        # Every thread here, and those they start, blocks every signal: the
+        # supervisor takes its signals with sigtimedwait in its main thread,
+        # and a SIGTERM or SIGHUP the kernel gave to one of these threads
+        # would take its default action instead (the end of the supervisor).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            for sock in self.listeners:
+                sock.settimeout(_ACCEPT_POLL)
+                thread = threading.Thread(
+                    target=self._accept_loop, args=(sock,), name="metrics-accept", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
     def stop(self) -> None:
         """Stop accepting, finish the answers in flight, close the listeners."""
