@@ -1,12 +1,13 @@
 """A program built on the library entry point :func:`serve_workers`, for tests.
 
-``python -m tests.workers_app PORT CERT KEY [COUNT [exit-on-reload]]``: every
+``python -m tests.workers_app PORT CERT KEY [COUNT [exit-on-reload | metrics=P]]``: every
 worker's TLS and DTLS handlers first send the worker's process ID (as ASCII
 digits), then echo. The client thus learns which worker served it.
 
 With ``exit-on-reload`` the parent leaves by an ordinary ``sys.exit(0)`` from
 inside its reload (a SIGHUP), with its workers still running: what a
-supervisor that ends without stopping them looks like to them.
+supervisor that ends without stopping them looks like to them. With
+``metrics=P`` the supervisor serves every worker's metrics on 127.0.0.1:P.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from trio_tls_dtls.core.peer_info import PeerInfo
 from trio_tls_dtls.drivers.dtls.channel import DTLSChannel
 from trio_tls_dtls.drivers.tls.stream import TLSStream
 from trio_tls_dtls.service import workers
+from trio_tls_dtls.service.serving_process import OperatorPorts
 from trio_tls_dtls.service.workers import serve_workers
 
 
@@ -40,8 +42,10 @@ def main(argv: list[str]) -> int:
     port, cert, key = int(argv[0]), Path(argv[1]), Path(argv[2])
     count = int(argv[3]) if len(argv) > 3 else 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    if argv[4:] == ["exit-on-reload"]:
+    extra = argv[4] if len(argv) > 4 else ""
+    if extra == "exit-on-reload":
         _exit_on_reload()
+    metrics_port = int(extra.removeprefix("metrics=")) if extra.startswith("metrics=") else None
     settings = ServerSettings(certificate=CertificateSettings(cert, key), drain_timeout=10.0)
     return serve_workers(
         settings,
@@ -51,6 +55,7 @@ def main(argv: list[str]) -> int:
         tls_handler=tls_pid_then_echo,
         dtls_handler=dtls_pid_then_echo,
         max_restarts=5,
+        operator=OperatorPorts(metrics_port=metrics_port),
     )
 
 

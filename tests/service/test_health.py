@@ -321,12 +321,13 @@ def test_bad_health_and_drain_options(pki: PKIFiles, tmp_path: Path) -> None:
     assert_one_line_error(run_cli("serve", "--drain-delay", "-1"), "--drain-delay", "0 or a")
     same = run_cli("serve", *files, "--metrics-port", "9100", "--health-port", "9100")
     assert_one_line_error(same, "--health-port 9100 overlaps --metrics-port 9100")
-    # With workers, P..P+N-1 must not overlap either, nor run past 65535.
+    # With workers, the health ports H..H+N-1 must not take the one metrics
+    # port either, nor run past 65535.
     overlap = run_cli(
         "serve", *files, "--workers", "3", "--port", "4433",
-        "--metrics-port", "9100", "--health-port", "9102",
+        "--metrics-port", "9104", "--health-port", "9102",
     )  # fmt: skip
-    assert_one_line_error(overlap, "--health-port 9102 overlaps --metrics-port 9100", "3 workers")
+    assert_one_line_error(overlap, "--health-port 9102 overlaps --metrics-port 9104", "3 workers")
     past = run_cli("serve", *files, "--workers", "2", "--port", "4433", "--health-port", "65535")
     assert_one_line_error(past, "--health-port 65535", "P..P+1")
     config = tmp_path / "serve.toml"

@@ -266,11 +266,11 @@ async def _one_dtls(pki: PKIFiles, port: int, metrics: int) -> None:
 
 
 async def _one_scrape_each(pki: PKIFiles, port: int, metrics: int) -> None:
-    # Each worker slot's port: its metrics, and ready (the slot serves) throughout.
-    for worker_port in (metrics, metrics + 1):
-        for path in ("/metrics", "/readyz"):
-            reply = await _http_get(worker_port, path)
-            assert reply.startswith(b"HTTP/1.0 200"), (path, reply[:80])
+    # The supervisor's one endpoint, for both workers: metrics, and ready throughout.
+    for path, says in (("/metrics", b"\ntrio_tlsd_workers_scraped "), ("/readyz", b"ready")):
+        reply = await _http_get(metrics, path)
+        assert reply.startswith(b"HTTP/1.0 200"), (path, reply[:80])
+        assert says in reply, (path, reply[:80])
 
 
 # What a drain does to a connection it finds open: close_notify, or a cut
@@ -287,10 +287,11 @@ _ONE_OF = {"tls": _one_tls, "dtls": _one_dtls, "metrics": _one_scrape_each}
 async def test_reloads_under_load_with_metrics_keep_serving(pki: PKIFiles, tmp_path: Path) -> None:
     """SIGHUP while old workers still drain (held connections, --drain-timeout 40).
 
-    The new workers must not need the old ones' metrics ports, nothing may
-    crash, and TLS, DTLS and both metrics ports answer throughout, with
-    ``/readyz`` 200 on both (an old worker told it was replaced stops
-    answering there at once; were it told by SIGTERM, it would say 503). A TLS
+    The new workers must not need the old ones' metrics listeners, nothing
+    may crash, and TLS, DTLS and the supervisor's one metrics port answer
+    throughout, with ``/readyz`` 200 there (an old worker told it was
+    replaced stops answering its slot at once; were it told by SIGTERM, it
+    would say 503). A TLS
     connection or DTLS peer that an old worker took just before its drain
     began is closed by that drain (close_notify, or a cut mid-handshake,
     which a DTLS client learns from its handshake timeout), as a drain

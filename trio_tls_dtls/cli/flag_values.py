@@ -45,7 +45,7 @@ def port(text: str) -> int:
 
 def metrics_port(text: str) -> int:
     value = port(text)
-    if value == 0:  # worker k serves on P + k: a fixed port is needed
+    if value == 0:  # scrapers and probes must know where to ask
         raise argparse.ArgumentTypeError("metrics port must be 1-65535, not 0")
     return value
 

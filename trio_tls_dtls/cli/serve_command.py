@@ -89,11 +89,10 @@ def _run_workers(
 ) -> int:
     if options["port"] == 0:
         raise ConfigError("--workers needs a fixed --port (with port 0 each would get its own)")
-    for flag in ("metrics_port", "health_port"):
-        first = options[flag]
-        if first is not None and first + count - 1 > 65535:
-            name = "--" + flag.replace("_", "-")
-            raise ConfigError(f"{name} {first}: no room for ports P..P+{count - 1}")
+    # --metrics-port is the supervisor's one endpoint; --health-port is per worker.
+    first = options["health_port"]
+    if first is not None and first + count - 1 > 65535:
+        raise ConfigError(f"--health-port {first}: no room for ports P..P+{count - 1}")
     check_combinations(options, workers=count)
     # Contexts and the cookie secret are built in the supervisor, before any
     # fork: every worker gets the same ticket keys and cookie secret.
@@ -113,8 +112,8 @@ def _run_workers(
 async def _announce(options: dict[str, Any], dev: bool, serving: Serving) -> None:
     """The on_serving hook: metrics and health, then the banner and how to connect."""
     service = serving.service
-    # One metrics (and health) port per process: worker k's is P + k.
-    if serving.metrics_address is not None:
+    # With workers, the supervisor says where its one metrics endpoint is.
+    if serving.metrics_address is not None and serving.worker is None:
         where = format_address(serving.metrics_address)
         logger.info("metrics at http://%s/metrics, health at /healthz and /readyz", where)
     if serving.health_address is not None:

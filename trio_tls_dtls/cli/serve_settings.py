@@ -75,10 +75,11 @@ def check_combinations(options: dict[str, Any], *, workers: int = 1) -> None:
                 "--forward-proxy-protocol v1 cannot describe UDP (--forward-udp): use v2"
             )
     metrics, health = options["metrics_port"], options["health_port"]
-    if metrics is not None and health is not None and abs(metrics - health) < workers:
+    # One metrics port whatever the workers (the supervisor's); health ports H..H+N-1.
+    if metrics is not None and health is not None and health <= metrics < health + workers:
         raise ConfigError(
             f"--health-port {health} overlaps --metrics-port {metrics}"
-            + (f" (ports P..P+{workers - 1} with {workers} workers)" if workers > 1 else "")
+            + (f" (health ports H..H+{workers - 1} with {workers} workers)" if workers > 1 else "")
             + ": /healthz and /readyz are served on the metrics port already"
         )
 

@@ -16,10 +16,14 @@ What lives here
   :func:`~.serving_process.serve_process` on sockets the supervisor bound
   for its slot (:mod:`.worker_sockets`), watches its lifeline to the
   supervisor (:mod:`.lifeline`), and is restarted within a per-slot budget
-  (:mod:`.restart_budget`).
+  (:mod:`.restart_budget`). The supervisor answers the one metrics and
+  health endpoint for all of them (:mod:`.supervisor_endpoint`, adding up
+  their series with :mod:`.metrics_merge`).
 * After a burst, freed memory goes back to the system (:mod:`.memory_trim`).
 * Handlers (echo in the drivers; :mod:`.forward` for TCP/UDP backends,
-  optionally told the client by a PROXY header), metrics (:mod:`.metrics`),
+  optionally told the client by a PROXY header), metrics (:mod:`.metrics`;
+  formats, gzip and build info in :mod:`.exposition`, certificate expiry in
+  :mod:`.certificate_expiry`),
   health and readiness (:mod:`.health`; both over the small HTTP server of
   :mod:`.http_endpoint`), the access log (:mod:`.access_log`: the sink both
   servers send their close records to; it counts each once and writes the

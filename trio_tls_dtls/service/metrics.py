@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -29,6 +28,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..core.latency_histogram import LatencyHistogram
+from .certificate_expiry import CertificateExpiry
+from .exposition import BuildInfo, exposition_response
 from .health import health_routes
 from .http_endpoint import MAX_REQUEST, REQUEST_TIMEOUT, Request, Response, Route, serve_http
 from .service import Service
@@ -194,6 +195,8 @@ def metrics_registry(service: Service) -> CollectorRegistry:
     """A registry holding only *service*'s metrics."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(service))
+    registry.register(CertificateExpiry(service))
+    registry.register(BuildInfo())
     return registry
 
 
@@ -216,6 +219,6 @@ def metrics_routes(service: Service) -> dict[str, Route]:
     registry = metrics_registry(service)
 
     def metrics(request: Request) -> Response:
-        return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+        return exposition_response(registry, request)
 
     return {"/metrics": metrics, **health_routes(service)}

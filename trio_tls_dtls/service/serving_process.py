@@ -115,8 +115,9 @@ class OperatorPorts:
     """Where a serving process answers the operator over HTTP; None: not at all.
 
     The metrics port answers ``/metrics``, ``/healthz`` and ``/readyz``; the
-    health port the last two only. With workers, worker *k* answers on
-    ``port + k`` (:meth:`for_worker`).
+    health port the last two only. With workers, the supervisor answers the
+    metrics port for all of them (:mod:`.supervisor_endpoint`), and worker
+    *k* answers health on ``health_port + k`` (:meth:`for_worker`).
     """
 
     metrics_port: int | None = None

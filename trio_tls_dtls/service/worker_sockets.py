@@ -11,11 +11,13 @@ flows of *other* workers, and with them every DTLS session those workers
 held (a worker that does not know a peer can only drop its records).
 
 So the supervisor opens, before it forks anything, one set of sockets per
-worker slot *k* (TCP listeners, UDP sockets, and the metrics and health
-listeners on ``metrics_port + k`` and ``health_port + k``), keeps its own
-copy of every one, and hands slot *k*'s set to worker *k* of every
-generation, restarted or reloaded. The group's membership then never
-changes while the service runs, as in nginx:
+worker slot *k* (TCP listeners, UDP sockets, with metrics a private
+loopback listener on a port of the kernel's choosing, which the supervisor's
+one endpoint on ``metrics_port`` asks (:mod:`.supervisor_endpoint`), and the
+health listener on ``health_port + k``), keeps its own copy of every one,
+and hands slot *k*'s set to worker *k* of every generation, restarted or
+reloaded. The group's membership then never changes while the service runs,
+as in nginx:
 
 * a worker that dies takes no socket with it: connections and datagrams for
   its slot wait in the socket's queue for its replacement;
@@ -23,10 +25,12 @@ changes while the service runs, as in nginx:
   sockets: the old one stops accepting at once (it closes only its copy), the
   new one accepts from the same queue, nothing is refused in between; the
   old one stops reading its UDP sockets once its drain is over;
-* the metrics and health ports of a slot are never bound twice, so a new
-  generation never waits for (or fails on) the old one's ports; the old
-  worker stops accepting on them as soon as it is told it was replaced
-  (:mod:`.lifeline`), so that only the new one answers ``/readyz``.
+* the private metrics listener and the health port of a slot are never
+  bound twice, so the supervisor always knows where slot *k* answers,
+  whichever worker holds it, and a new generation never waits for (or fails
+  on) the old one's ports; the old worker stops accepting on them as soon as
+  it is told it was replaced (:mod:`.lifeline`), so that only the new one
+  answers ``/readyz``.
 
 When the service stops, the supervisor closes its copies (so, once the
 workers have closed theirs, new connections are refused rather than queued).
@@ -45,7 +49,7 @@ from dataclasses import dataclass, field
 
 from ..drivers.listeners import listen_error, validate_port
 
-__all__ = ["SlotSockets", "open_slot_sockets"]
+__all__ = ["SlotSockets", "open_metrics_endpoint", "open_slot_sockets"]
 
 # What trio.open_tcp_listeners uses: the kernel caps it at somaxconn.
 _BACKLOG = 0xFFFF
@@ -60,7 +64,7 @@ class SlotSockets:
     udp: list[socket.socket] = field(default_factory=list)
     """Bound UDP sockets for DTLS."""
     metrics: list[socket.socket] = field(default_factory=list)
-    """Listening TCP sockets for the metrics endpoint of this slot."""
+    """The slot's private metrics listener (loopback, any port), if metrics are on."""
     health: list[socket.socket] = field(default_factory=list)
     """Listening TCP sockets for the health endpoint of this slot."""
 
@@ -83,13 +87,12 @@ def open_slot_sockets(
     *,
     tls: bool = True,
     dtls: bool = True,
-    metrics_port: int | None = None,
-    metrics_host: str = "127.0.0.1",
+    private_metrics: bool = False,
     health_port: int | None = None,
     health_host: str = "127.0.0.1",
 ) -> list[SlotSockets]:
-    """*count* sets of sockets on *port*; set *k* has its metrics on ``metrics_port + k``
-    and its health endpoint on ``health_port + k``.
+    """*count* sets of sockets on *port*; each with a private metrics listener if
+    *private_metrics*, set *k* with its health endpoint on ``health_port + k``.
 
     Blocking (the supervisor runs no event loop). Raises
     :class:`~trio_tls_dtls.core.errors.ListenError` naming the port if any
@@ -97,9 +100,8 @@ def open_slot_sockets(
     a port out of range (nothing stays open then).
     """
     validate_port(port)
-    for name, first in (("metrics port", metrics_port), ("health port", health_port)):
-        if first is not None:
-            validate_port(first + count - 1, name)
+    if health_port is not None:
+        validate_port(health_port + count - 1, "health port")
     slots: list[SlotSockets] = []
     try:
         if tls:
@@ -113,10 +115,8 @@ def open_slot_sockets(
                 slot.tcp = _bind_all(port, host, "TCP", socket.SOCK_STREAM, reuse_port=True)
             if dtls:
                 slot.udp = _bind_all(port, host, "UDP", socket.SOCK_DGRAM, reuse_port=True)
-            if metrics_port is not None:
-                slot.metrics = _bind_all(
-                    metrics_port + index, metrics_host, "TCP", socket.SOCK_STREAM
-                )
+            if private_metrics:
+                slot.metrics = _bind_all(0, "127.0.0.1", "TCP", socket.SOCK_STREAM)
             if health_port is not None:
                 slot.health = _bind_all(health_port + index, health_host, "TCP", socket.SOCK_STREAM)
     except BaseException:
@@ -124,6 +124,12 @@ def open_slot_sockets(
             slot.close()
         raise
     return slots
+
+
+def open_metrics_endpoint(port: int, host: str) -> list[socket.socket]:
+    """The listeners of the supervisor's one metrics endpoint, *host*:*port*."""
+    validate_port(port, "metrics port")
+    return _bind_all(port, host, "TCP", socket.SOCK_STREAM)
 
 
 def _addresses(

@@ -78,6 +78,7 @@ from .service import Service
 from .serving_process import OperatorPorts, ProcessHooks, serve_process
 from .shared_state import SharedState, SharedStateSource, shared_state_factory
 from .signals import HANDLED_SIGNALS, Request, StopRequests
+from .supervisor_endpoint import open_with_endpoint
 from .supervisor_notify import WAITING_POLL, NotifyRelay
 from .worker_sockets import open_slot_sockets
 
@@ -414,8 +415,11 @@ def serve_workers(
     :func:`~trio_tls_dtls.service.serving_process.serve_process`: it prints
     ``trio-tlsd: worker K (pid P): serving ...`` when it is bound (or what
     ``hooks.on_serving`` prints), and a summary line when it stops. *port*
-    must not be 0. With *operator* ports P (metrics, health), worker K
-    answers on P+K, with its own counters.
+    must not be 0. With *operator* ports: on ``metrics_port`` P, the
+    supervisor answers ``/metrics`` (every worker's added up), ``/healthz``
+    and ``/readyz`` for all workers, one target whatever *count* is
+    (:mod:`.supervisor_endpoint`); on ``health_port`` H, worker K answers
+    ``/healthz`` and ``/readyz`` on H+K.
 
     Every port is bound here, before any worker starts (see
     :mod:`.worker_sockets`): a port in use raises
@@ -425,19 +429,25 @@ def serve_workers(
         raise ConfigError("serve_workers needs a fixed port (with port 0 each would get its own)")
     count = worker_count(count)
     ports = operator if operator is not None else OperatorPorts()
-    slots = open_slot_sockets(
-        count,
-        port,
-        host,
-        tls=tls,
-        dtls=dtls,
-        metrics_port=ports.metrics_port,
-        metrics_host=ports.metrics_host,
-        health_port=ports.health_port,
-        health_host=ports.health_host,
+    slots, endpoint = open_with_endpoint(
+        ports.metrics_port,
+        ports.metrics_host,
+        partial(
+            open_slot_sockets,
+            count,
+            port,
+            host,
+            tls=tls,
+            dtls=dtls,
+            health_port=ports.health_port,
+            health_host=ports.health_host,
+        ),
+        restarts=lambda: supervisor.restarts,
     )
 
     def run_worker(index: int, shared: SharedState) -> int:
+        if endpoint is not None:
+            endpoint.close()  # the supervisor's: a worker holding it would keep port P bound
         for other, sockets in enumerate(slots):
             if other != index:  # another slot's sockets would keep its place in the group
                 sockets.close()
@@ -465,6 +475,8 @@ def serve_workers(
         return trio.run(run)
 
     def close_slots() -> None:
+        if endpoint is not None:
+            endpoint.stopping = "stopping: the workers drain"
         for sockets in slots:
             sockets.close()
 
@@ -481,10 +493,14 @@ def serve_workers(
         # for nobody.
         on_stopping=close_slots,
     )
+    if endpoint is not None:
+        endpoint.start()
     try:
         status = supervisor.run()
     finally:
         close_slots()
+        if endpoint is not None:
+            endpoint.stop()
     print(
         status_line(
             f"trio-tlsd: all workers stopped ({supervisor.restarts} restarted after a crash)"
