@@ -29,11 +29,14 @@ are tested without a container; :func:`usable_cpus` is the part that reads.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from ..core.errors import ConfigError
 
 __all__ = [
     "CpuMax",
@@ -43,7 +46,10 @@ __all__ = [
     "parse_cpu_max",
     "read_cpu_limits",
     "usable_cpus",
+    "worker_count",
 ]
+
+logger = logging.getLogger(__name__)
 
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -165,3 +171,17 @@ def usable_cpus(
 ) -> WorkerDecision:
     """The ``--workers auto`` decision for this process, read from the system."""
     return decide_workers(affinity_cpus(), read_cpu_limits(proc_self_cgroup, root))
+
+
+def worker_count(value: int | str) -> int:
+    """``auto`` (the usable CPUs, see :mod:`.cpu_quota`) or a positive integer.
+
+    A ConfigError otherwise. ``auto`` logs what it decided and why.
+    """
+    if value == "auto":
+        decision = usable_cpus()
+        logger.info("workers auto: %d (%s)", decision.count, decision.reason)
+        return decision.count
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f'workers must be a positive integer or "auto", not {value!r}')
+    return value

@@ -69,7 +69,7 @@ from ..core.settings import ServerSettings
 from ..drivers.dtls.server import DTLSHandler, dtls_echo_handler
 from ..drivers.offload import CryptoOffload
 from ..drivers.tls.server import TLSHandler, echo_handler
-from .cpu_quota import usable_cpus
+from .cpu_quota import usable_cpus, worker_count
 from .lifeline import Lifelines
 from .log_format import status_line
 from .restart_budget import RestartBudget, restart_delay
@@ -101,20 +101,6 @@ _Mask = set[int | signal.Signals]
 # The operator's signals, and SIGCHLD to hear of a worker's exit at once.
 _WAITED_SIGNALS = {*HANDLED_SIGNALS, signal.SIGCHLD}
 _POLL = 0.5
-
-
-def worker_count(value: int | str) -> int:
-    """``auto`` (the usable CPUs, see :mod:`.cpu_quota`) or a positive integer.
-
-    A ConfigError otherwise. ``auto`` logs what it decided and why.
-    """
-    if value == "auto":
-        decision = usable_cpus()
-        logger.info("workers auto: %d (%s)", decision.count, decision.reason)
-        return decision.count
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f'workers must be a positive integer or "auto", not {value!r}')
-    return value
 
 
 @dataclass
