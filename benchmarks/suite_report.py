@@ -33,7 +33,7 @@ SHORT = {
     "plain": "plain",
     "floor": "floor 4.0",
     "floor-stdlib": "floor 3.0",
-    "floor-x25519": "floor 4.0 X25519",
+    "floor-x25519": "floor X25519",
 }
 
 
@@ -143,7 +143,7 @@ def _label(row: dict[str, Any]) -> str:
 
 def matrix(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Workloads down, peers across: server CPU µs per operation (W7: KiB), at a glance."""
-    head = ["workload", *(SHORT[p.key] for p in PEERS), "ours ÷ best Python", "ours ÷ floor"]
+    head = ["workload", *(SHORT[p.key] for p in PEERS), "÷ best Python", "÷ floor"]
     groups: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         if row["workload"] != "W9":
@@ -171,39 +171,62 @@ def matrix(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def _measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["workload"] != "W7" and r["status"] == "ok"]
+
+
+def _server(r: dict[str, Any]) -> str:
+    if r["workload"] == "W8":
+        return f"{r['server']} ({r['resumed']}/{r['ops']} resumed)"
+    if r["workload"] == "W9" and r.get("rate_vs_one_worker"):
+        return f"{r['server']} ({r['rate_vs_one_worker']:.2f}x 1 worker)"
+    return str(r["server"])
+
+
 def detail(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Every measured row of W1..W6, W8, W9, with its library and what it negotiated."""
-    head = [
-        "workload", "server", "library", "negotiated", "rate (ops/s)", "MB/s",
-        "CPU µs/op", "vs best Python", "vs floor", "vs plain", "p50 / p99 µs", "errors",
-    ]  # fmt: skip
+    """Every measured row of W1..W6, W8, W9: the server's CPU and its ratios."""
+    head = ["workload", "server", "CPU µs/op", "vs best Python", "vs floor", "vs plain"]
+    body = [
+        [
+            _label(r),
+            _server(r),
+            _fmt(r["cpu_us_per_op"]),
+            _fmt(r.get("cpu_vs_best_python"), 2),
+            _fmt(r.get("cpu_vs_floor"), 2),
+            _fmt(r.get("cpu_vs_plain"), 2),
+        ]
+        for r in _measured(rows)
+    ]
+    return head, body
+
+
+def client_view(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The same rows as the load client saw them (the floors have no client)."""
+    head = ["workload", "server", "rate (ops/s)", "MB/s", "p50 / p99 µs", "errors"]
     body = []
-    for r in rows:
-        if r["workload"] == "W7" or r["status"] != "ok":
+    for r in _measured(rows):
+        if r.get("p50_us") is None:
             continue
-        extra = f" ({r['resumed']}/{r['ops']} resumed)" if r["workload"] == "W8" else ""
-        if r["workload"] == "W9" and r.get("rate_vs_one_worker"):
-            extra = f" ({r['rate_vs_one_worker']:.2f}x the rate of 1 worker)"
-        latency = "n/a"
-        if r.get("p50_us") is not None:
-            latency = f"{_fmt(r['p50_us'], 0)} / {_fmt(r['p99_us'], 0)}"
         body.append(
             [
                 _label(r),
-                r["server"] + extra,
-                r.get("library") or "-",
-                r.get("negotiated") or "-",
+                _server(r),
                 _fmt(r.get("rate"), 0),
                 _fmt(r.get("mb_per_s"), 2) if r["mode"] != "handshake" else "n/a",
-                _fmt(r["cpu_us_per_op"]),
-                _fmt(r.get("cpu_vs_best_python"), 2),
-                _fmt(r.get("cpu_vs_floor"), 2),
-                _fmt(r.get("cpu_vs_plain"), 2),
-                latency,
+                f"{_fmt(r['p50_us'], 0)} / {_fmt(r['p99_us'], 0)}",
                 str(r.get("errors", 0)),
             ]
         )
     return head, body
+
+
+def libraries(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Which library each server ran on and what it negotiated (once per pair)."""
+    head = ["server", "library", "negotiated"]
+    seen: dict[tuple[str, str, str], None] = {}
+    for r in _measured(rows):
+        seen[(str(r["server"]), r.get("library") or "n/a", r.get("negotiated") or "n/a")] = None
+    return head, [list(key) for key in seen]
 
 
 def memory(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -213,7 +236,7 @@ def memory(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         [
             r["proto"].upper(),
             r["server"],
-            r.get("library", "-"),
+            r.get("library") or "n/a",
             str(r["connections"]),
             _fmt(r["rss_before_mib"]),
             _fmt(r["rss_after_mib"]),
@@ -282,7 +305,14 @@ def write_outputs(result: dict[str, Any], out: Path, update_docs: bool) -> None:
     goal_head = ["target", "measured", "result", "note"]
     settings = result["settings"]
     skipped = "; ".join(f"{k} skipped: {why}" for k, why in settings["skipped"].items())
-    tables = [matrix(rows), detail(rows), memory(rows), (goal_head, goals)]
+    tables = [
+        matrix(rows),
+        detail(rows),
+        client_view(rows),
+        libraries(rows),
+        memory(rows),
+        (goal_head, goals),
+    ]
     md = "\n\n".join(
         [
             f"Machine: {machine_line(result['machine'])}",
@@ -315,14 +345,17 @@ def write_outputs(result: dict[str, Any], out: Path, update_docs: bool) -> None:
     captions = [
         "Server CPU per operation in µs (W7: server RSS per idle connection in KiB); lower is "
         "better. *n/a*: the peer cannot do that workload; *skipped*: it could, but is not "
-        "available on this machine.",
-        "Every measured row (rates and latencies are the load client's; the floors have none):",
+        "available on this machine. The last two columns divide ours by the best Python peer "
+        "(named) and by the OpenSSL 4.0 floor.",
+        "Every measured row, server CPU per operation and its ratios:",
+        "The same rows as the load client saw them (the floors have no client):",
+        "The library under each server, and the protocol and key exchange it negotiated:",
         "W7, server RSS per idle connection:",
-        "Targets from issue 13 (server CPU per operation unless stated):",
+        "Targets (server CPU per operation unless stated):",
     ]
     for caption, (head, body) in zip(captions, tables, strict=True):
         if body:
-            section += [caption, "", rst(head, [[c or "-" for c in r] for r in body]), ""]
+            section += [caption, "", rst(head, [[c or "n/a" for c in r] for r in body]), ""]
             if head[0] == "workload" and head[1] == "ours":
                 section += [*legend(), ""]
     if plotted:
