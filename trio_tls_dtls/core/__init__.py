@@ -32,8 +32,12 @@ The standard library (minus I/O and threads), ``cryptography`` and
 pyOpenSSL. Never trio, ``socket``, ``threading``, ``asyncio`` or
 ``prometheus_client``: import-linter enforces it in ``nox -s lint`` and
 ``tests/core/test_sans_io_imports.py`` checks what a fresh interpreter loads.
-Nothing here reads a clock either: time comes in as an argument, which is
-what lets the tests drive every branch with bytes and numbers alone.
+Nothing on the per-connection or per-datagram path reads a clock: time
+comes in as an argument (the cookie gate, the per-source limits, ticket-key
+fronts), which lets the tests drive every branch with bytes and numbers. The
+one exception is checks of files when contexts are built (certificate,
+CRL and OCSP validity), which default to the wall clock and take ``now=``
+in tests.
 
 Invariants kept here
 --------------------
