@@ -41,6 +41,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,6 +67,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SLOT_TIMEOUT = 2.0
+# A worker's whole answer, not each read: a slot that trickles bytes (or
+# sends without end) is cut, like one that does not answer.
+MAX_SLOT_ANSWER = 16 * 2**20
 """Seconds a slot has to answer one of the supervisor's requests."""
 _ACCEPT_POLL = 0.25  # how soon an accepting thread sees stop()
 _ANSWERING_THREADS = 4
@@ -84,11 +88,16 @@ class SlotAnswer:
 def ask_slot(address: tuple[str, int], path: str, timeout: float = SLOT_TIMEOUT) -> SlotAnswer:
     """``GET path`` from a worker slot's private endpoint; status 0 if no answer in time."""
     try:
+        deadline = time.monotonic() + timeout
         with socket.create_connection(address, timeout=timeout) as sock:
             sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode("ascii"))
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
+                left = deadline - time.monotonic()
+                if left <= 0 or len(data) > MAX_SLOT_ANSWER:
+                    return SlotAnswer(0)
+                sock.settimeout(left)
     except OSError:
         return SlotAnswer(0)
     head, _, body = data.partition(b"\r\n\r\n")
